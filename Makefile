@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh machine with Python 3.11: `make test` and `make demo`.
+# The environment lives in .venv/ and is built once from requirements.lock; the stamp file makes a
+# second run skip the install unless the lock or setup.py changed.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Two cores: one OpenMP pool per process, sized to the machine, keeps MXNet from oversubscribing.
+export OMP_NUM_THREADS ?= 2
+export MXNET_ENGINE_TYPE ?= ThreadedEnginePerDevice
+export PYTHONDONTWRITEBYTECODE = 1
+
+.PHONY: install test lint demo bench clean proto
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock setup.py
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements.lock
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+	$(MAKE) proto
+	touch $(STAMP)
+
+proto:
+	@if [ -f gluonseg/codecs/record.proto ]; then \
+	  $(PY) -m grpc_tools.protoc -Igluonseg/codecs --python_out=gluonseg/codecs gluonseg/codecs/record.proto; fi
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install proto lint
+	$(PY) -m pytest -q tests
+
+demo: install proto
+	$(PY) -m gluonseg.demo --out demo-output
+
+bench: install proto
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Training data: channels, label maps, Pipe-mode streams, transforms and generated datasets."""

@@ -1,0 +1,87 @@
+"""Decoding training images and annotation masks, with errors that name the file.
+
+Used for File-mode channels (paths) and Pipe-mode records (bytes) alike, so both modes accept and
+refuse exactly the same data.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from gluonseg.errors import ClientError
+
+Source = Union[str, Path, bytes]
+
+# Training images are trusted more than HTTP bodies, but a 1-gigapixel "image" is still a mistake.
+MAX_TRAINING_PIXELS = 178_956_970  # PIL's own bomb threshold (2 x its warning level)
+
+MASK_MODES = ("P", "L")
+
+
+def _open(source: Source, name: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ClientError(f"{name}: image is too large (more than {MAX_TRAINING_PIXELS} pixels)") from None
+    except FileNotFoundError:
+        raise ClientError(f"{name}: file not found") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ClientError(f"{name}: cannot decode image ({exc})") from None
+    return img
+
+
+def load_image(source: Source, name: str, apply_exif: bool = True) -> np.ndarray:
+    """An RGB uint8 array (H, W, 3), any colour mode converted.
+
+    `apply_exif` turns the pixels the way the EXIF orientation says (what a viewer shows). Training
+    pairs turn it off when the mask was drawn on the stored pixel grid.
+    """
+    img = _open(source, name)
+    if apply_exif:
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
+            pass
+    if img.mode != "RGB":
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA").convert("RGB")
+        elif img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            top = max(arr.max(), 1.0)
+            img = Image.fromarray((arr * (255.0 / top)).astype(np.uint8)).convert("RGB")
+        else:
+            img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_mask(source: Source, name: str) -> np.ndarray:
+    """A class-id mask: uint8 (H, W). Refuses colour, 16-bit and non-PNG-like masks by name."""
+    img = _open(source, name)
+    if img.mode not in MASK_MODES:
+        kind = {"RGB": "a colour (RGB) image", "RGBA": "a colour (RGBA) image", "I;16": "a 16-bit image",
+                "I;16B": "a 16-bit image", "I": "a 32-bit image", "I;16L": "a 16-bit image",
+                "1": "a 1-bit image", "LA": "a grayscale+alpha image", "F": "a float image"}.get(img.mode, f"mode {img.mode}")
+        raise ClientError(
+            f"{name}: the mask is {kind}; masks must be single-channel 8-bit PNGs (mode P or L) holding class ids"
+        )
+    return np.asarray(img, dtype=np.uint8)
+
+
+def image_size(source: Source, name: str) -> tuple[int, int]:
+    """(width, height) from the header only: no pixel decode."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            return img.size
+    except FileNotFoundError:
+        raise ClientError(f"{name}: file not found") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ClientError(f"{name}: cannot decode image ({exc})") from None

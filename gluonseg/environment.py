@@ -1,0 +1,165 @@
+"""Where a SageMaker training or hosting job keeps its files (`/opt/ml`, or `$SAGEMAKER_BASE_DIR`).
+
+Only paths and the config files live here; no ML. Missing config files mean a local,
+single-host job (`algo-1`), which is what `docker run IMAGE train` on a laptop looks like.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gluonseg.errors import ClientError
+
+DEFAULT_BASE_DIR = "/opt/ml"
+MAX_CONFIG_BYTES = 1 << 20  # config JSON is small; a huge file is a mistake, not data
+
+
+def read_json_file(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES) -> Any:
+    """Read a small JSON file, turning every way it can be broken into a ClientError naming it."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ClientError(f"Cannot read {what} {path}: {exc.strerror}") from None
+    if size > max_bytes:
+        raise ClientError(f"{what} {path} is {size} bytes; the limit is {max_bytes} bytes")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClientError(f"Cannot read {what} {path}: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ClientError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ClientError(f"{what} {path} is nested too deeply") from None
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """One entry of `inputdataconfig.json`."""
+
+    name: str
+    input_mode: str = "File"
+    content_type: str | None = None
+    distribution: str = "FullyReplicated"
+    record_wrapper: str = "None"
+
+    @property
+    def is_pipe(self) -> bool:
+        return self.input_mode.lower() == "pipe"
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    current_host: str = "algo-1"
+    hosts: tuple[str, ...] = ("algo-1",)
+    network_interface_name: str | None = None
+    current_instance_type: str | None = None
+
+    @property
+    def is_multi_host(self) -> bool:
+        return len(self.hosts) > 1
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The `/opt/ml` tree of one job."""
+
+    base_dir: Path = field(default_factory=lambda: Path(os.environ.get("SAGEMAKER_BASE_DIR", DEFAULT_BASE_DIR)))
+
+    # -- paths ---------------------------------------------------------------------------
+    @property
+    def config_dir(self) -> Path:
+        return self.base_dir / "input" / "config"
+
+    @property
+    def hyperparameters_path(self) -> Path:
+        return self.config_dir / "hyperparameters.json"
+
+    @property
+    def input_data_config_path(self) -> Path:
+        return self.config_dir / "inputdataconfig.json"
+
+    @property
+    def resource_config_path(self) -> Path:
+        return self.config_dir / "resourceconfig.json"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "input" / "data"
+
+    def channel_dir(self, name: str) -> Path:
+        return self.data_dir / name
+
+    def pipe_path(self, name: str, epoch: int) -> Path:
+        return self.data_dir / f"{name}_{epoch}"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.base_dir / "model"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base_dir / "output"
+
+    @property
+    def output_data_dir(self) -> Path:
+        return self.output_dir / "data"
+
+    @property
+    def failure_path(self) -> Path:
+        return self.output_dir / "failure"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.base_dir / "checkpoints"
+
+    # -- config files --------------------------------------------------------------------
+    def raw_hyperparameters(self) -> dict[str, Any]:
+        if not self.hyperparameters_path.exists():
+            return {}
+        data = read_json_file(self.hyperparameters_path, "hyperparameters file")
+        if not isinstance(data, dict):
+            raise ClientError(f"hyperparameters file {self.hyperparameters_path} must hold a JSON object")
+        return data
+
+    def channels(self) -> dict[str, ChannelConfig]:
+        """Channels from `inputdataconfig.json`, else every folder under `input/data` in File mode."""
+        if self.input_data_config_path.exists():
+            data = read_json_file(self.input_data_config_path, "input data config")
+            if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+                raise ClientError(f"input data config {self.input_data_config_path} must map channel names to objects")
+            return {
+                name: ChannelConfig(
+                    name=name,
+                    input_mode=str(cfg.get("TrainingInputMode", "File")),
+                    content_type=cfg.get("ContentType"),
+                    distribution=str(cfg.get("S3DistributionType", "FullyReplicated")),
+                    record_wrapper=str(cfg.get("RecordWrapperType", "None")),
+                )
+                for name, cfg in data.items()
+            }
+        if not self.data_dir.is_dir():
+            return {}
+        return {p.name: ChannelConfig(name=p.name) for p in sorted(self.data_dir.iterdir()) if p.is_dir()}
+
+    def resources(self) -> ResourceConfig:
+        if not self.resource_config_path.exists():
+            return ResourceConfig()
+        data = read_json_file(self.resource_config_path, "resource config")
+        if not isinstance(data, dict):
+            raise ClientError(f"resource config {self.resource_config_path} must hold a JSON object")
+        current = str(data.get("current_host", "algo-1"))
+        hosts = data.get("hosts") or [current]
+        if not isinstance(hosts, list) or current not in hosts:
+            raise ClientError(f"resource config {self.resource_config_path}: current_host {current!r} is not in hosts {hosts!r}")
+        return ResourceConfig(
+            current_host=current,
+            hosts=tuple(sorted(str(h) for h in hosts)),
+            network_interface_name=data.get("network_interface_name"),
+            current_instance_type=data.get("current_instance_type"),
+        )

@@ -1,0 +1,279 @@
+"""The hyperparameter schema of the SageMaker Semantic Segmentation algorithm: one table, the only source.
+
+Values arrive as strings (`hyperparameters.json` holds `{"epochs": "10"}`); framework estimators
+add a layer of JSON quotes (`'"resnet-50"'`). Every rule, default and message comes from `SCHEMA`;
+the README table and `gluonseg hyperparameters` are generated from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from gluonseg.errors import ClientError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # "int" | "float" | "bool" | "choice" | "epochs"
+    doc: str
+    default: Any = None
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: value must be > low, else >= low
+    high_open: bool = False  # True: value must be < high, else <= high
+    group: str = "Training"
+
+    def accepts(self) -> str:
+        """What the parameter accepts, in the words SageMaker's messages use."""
+        if self.kind in ("choice", "bool"):
+            return "one of the following: " + ", ".join(f"'{c}'" for c in self.choices)
+        if self.kind == "epochs":
+            return "a comma-separated list of increasing positive integers (epochs), e.g. '10, 20'"
+        noun = "an integer" if self.kind == "int" else "a number"
+        if self.kind == "int" and self.low == 1 and self.high is None and not self.low_open:
+            return "a positive integer"
+        if self.kind == "int" and self.low == 0 and self.high is None and not self.low_open:
+            return "a non-negative integer"
+        parts = []
+        if self.low is not None:
+            parts.append(f"greater than {_fmt(self.low)}" if self.low_open else f"at least {_fmt(self.low)}")
+        if self.high is not None:
+            parts.append(f"less than {_fmt(self.high)}" if self.high_open else f"at most {_fmt(self.high)}")
+        if self.low is not None and self.high is not None and not self.low_open and not self.high_open:
+            return f"{noun} between {_fmt(self.low)} and {_fmt(self.high)}"
+        return f"{noun} " + " and ".join(parts) if parts else noun
+
+    def default_text(self) -> str:
+        if self.required:
+            return "required"
+        if self.default is None:
+            return "none"
+        return str(self.default)
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+BOOL = ("True", "False")
+
+SCHEMA: tuple[Param, ...] = (
+    # -- network architecture
+    Param("backbone", "choice", "Encoder network: a dilated ResNet (GluonCV v1s), output stride 8.",
+          default="resnet-50", choices=("resnet-50", "resnet-101"), group="Network architecture"),
+    Param("use_pretrained_model", "bool", "Start the backbone from ImageNet weights (see README: pretrained weights).",
+          default=True, choices=BOOL, group="Network architecture"),
+    Param("algorithm", "choice", "Decoder: FCN, Pyramid Scene Parsing, or DeepLab V3.",
+          default="fcn", choices=("fcn", "psp", "deeplab"), group="Network architecture"),
+    # -- data
+    Param("num_classes", "int", "Number of classes; pixel value 255 is 'ignore'.",
+          required=True, low=2, high=254, group="Data"),
+    Param("num_training_samples", "int", "Number of training images; sets iterations per epoch of the LR schedule.",
+          required=True, low=1, group="Data"),
+    Param("base_size", "int", "Training rescale: the long side becomes base_size x U(0.5, 2.0), aspect kept.",
+          default=520, low=16, low_open=True, group="Data"),
+    Param("crop_size", "int", "Side of the square training crop; rounded up to a multiple of 8.",
+          default=240, low=16, low_open=True, group="Data"),
+    # -- training
+    Param("early_stopping", "bool", "Stop when validation mIOU stops improving.", default=False, choices=BOOL),
+    Param("early_stopping_min_epochs", "int", "Epochs always run before early stopping may stop.", default=5, low=0),
+    Param("early_stopping_patience", "int", "Consecutive epochs without improvement that stop training.",
+          default=4, low=1),
+    Param("early_stopping_tolerance", "float",
+          "An epoch counts as not improved if the relative mIOU gain is below this.", default=0.0, low=0, high=1),
+    Param("epochs", "int", "Passes over the training data.", default=10, low=1),
+    Param("gamma1", "float", "rmsprop only: decay of the moving average of squared gradients.",
+          default=0.9, low=0, high=1),
+    Param("gamma2", "float", "rmsprop only: momentum factor (centered RMSProp).", default=0.9, low=0, high=1),
+    Param("learning_rate", "float", "Initial learning rate.", default=0.001, low=0, low_open=True, high=1),
+    Param("lr_scheduler", "choice", "Learning-rate schedule, updated every iteration.",
+          default="poly", choices=("step", "poly", "cosine")),
+    Param("lr_scheduler_factor", "float", "step only: multiplier applied at each lr_scheduler_step epoch.",
+          default=0.1, low=0, high=1),
+    Param("lr_scheduler_step", "epochs", "step only (then required): epochs after which the LR is multiplied, "
+          "e.g. '10, 20'."),
+    Param("mini_batch_size", "int", "Training batch size (per host).", default=16, low=1),
+    Param("momentum", "float", "sgd (and nag) only: momentum.", default=0.9, low=0, low_open=True, high=1),
+    Param("optimizer", "choice", "MXNet optimizer.", default="sgd",
+          choices=("sgd", "adam", "rmsprop", "adagrad", "nag")),
+    Param("syncbn", "bool", "Synchronised BatchNorm across the GPUs of one host.", default=False, choices=BOOL),
+    Param("validation_mini_batch_size", "int",
+          "Validation batch size; 1 scores each image whole, > 1 scores centre crops of crop_size.",
+          default=16, low=1),
+    Param("weight_decay", "float", "Weight decay (L2).", default=0.0001, low=0, low_open=True, high=1, high_open=True),
+)
+
+BY_NAME: dict[str, Param] = {p.name: p for p in SCHEMA}
+
+# SageMaker's tuner adds this one; the SDK and toolkits add sagemaker_* keys.
+TOLERATED_KEYS = frozenset({"_tuning_objective_metric"})
+TOLERATED_PREFIX = "sagemaker_"
+
+
+class Hyperparameters(Mapping[str, Any]):
+    """Parsed, typed hyperparameters with attribute access (`hp.crop_size`)."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def replace(self, **changes: Any) -> "Hyperparameters":
+        return Hyperparameters({**self._values, **changes})
+
+    def __repr__(self) -> str:
+        return f"Hyperparameters({self._values!r})"
+
+
+def _unquote(value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.strip()
+        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+            value = value[1:-1].strip()
+    return value
+
+
+def _invalid(param: Param, raw: Any) -> str:
+    return f"The value '{raw}' is not valid for the '{param.name}' hyperparameter which accepts {param.accepts()}"
+
+
+def _parse_one(param: Param, raw: Any) -> Any:
+    """Parse one value; raise ValueError with the user-facing message."""
+    value = _unquote(raw)
+    if param.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("true", "false"):
+            return text == "true"
+        raise ValueError(_invalid(param, raw))
+    if param.kind == "choice":
+        text = str(value)
+        if text in param.choices:
+            return text
+        raise ValueError(_invalid(param, raw))
+    if param.kind == "epochs":
+        parts = [p.strip() for p in str(value).split(",")]
+        try:
+            epochs = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(_invalid(param, raw)) from None
+        if not epochs or any(e < 1 for e in epochs) or any(b <= a for a, b in zip(epochs, epochs[1:])):
+            raise ValueError(_invalid(param, raw))
+        return tuple(epochs)
+    # numbers
+    if isinstance(value, bool):
+        raise ValueError(_invalid(param, raw))
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(_invalid(param, raw)) from None
+    if not math.isfinite(number):
+        raise ValueError(_invalid(param, raw))
+    if param.kind == "int":
+        if not number.is_integer():
+            raise ValueError(_invalid(param, raw))
+        number = int(number)
+    if param.low is not None and (number <= param.low if param.low_open else number < param.low):
+        raise ValueError(_invalid(param, raw))
+    if param.high is not None and (number >= param.high if param.high_open else number > param.high):
+        raise ValueError(_invalid(param, raw))
+    return number
+
+
+def round_up_to_multiple_of_8(value: int) -> int:
+    return (value + 7) // 8 * 8
+
+
+def parse(raw: Mapping[str, Any]) -> Hyperparameters:
+    """Validate and type the raw hyperparameters; report every problem in one ClientError."""
+    errors: list[str] = []
+    unexpected = [k for k in raw if k not in BY_NAME and k not in TOLERATED_KEYS and not k.startswith(TOLERATED_PREFIX)]
+    if unexpected:
+        names = ", ".join(f"'{k}'" for k in unexpected)
+        verb = "was" if len(unexpected) == 1 else "were"
+        errors.append(f"Additional properties are not allowed ({names} {verb} unexpected)")
+
+    values: dict[str, Any] = {}
+    invalid: set[str] = set()
+    for param in SCHEMA:
+        if param.name in raw and _unquote(raw[param.name]) not in ("", None):
+            try:
+                values[param.name] = _parse_one(param, raw[param.name])
+            except ValueError as exc:
+                errors.append(str(exc))
+                invalid.add(param.name)
+        elif param.required:
+            errors.append(f"The required hyperparameter '{param.name}' is missing; it accepts {param.accepts()}")
+        else:
+            values[param.name] = param.default
+
+    if values.get("lr_scheduler") == "step" and values.get("lr_scheduler_step") is None and "lr_scheduler_step" not in invalid:
+        errors.append("The 'lr_scheduler_step' hyperparameter is required when 'lr_scheduler' is 'step'; it accepts "
+                      + BY_NAME["lr_scheduler_step"].accepts())
+    if errors:
+        raise ClientError("; ".join(errors) + " (caused by ValidationError)")
+
+    crop = values["crop_size"]
+    if crop % 8:
+        values["crop_size"] = round_up_to_multiple_of_8(crop)
+        log.info("crop_size %d rounded up to %d (a multiple of 8)", crop, values["crop_size"])
+    return Hyperparameters(values)
+
+
+def typed_for_json(hp: Mapping[str, Any]) -> dict[str, Any]:
+    """Hyperparameters as plain JSON types (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()}
+
+
+def groups() -> Iterable[tuple[str, list[Param]]]:
+    seen: dict[str, list[Param]] = {}
+    for p in SCHEMA:
+        seen.setdefault(p.group, []).append(p)
+    return seen.items()
+
+
+def markdown_table() -> str:
+    """The README's hyperparameter reference, generated from SCHEMA."""
+    lines = ["| Name | Group | Required | Accepts | Default | Meaning |", "| --- | --- | --- | --- | --- | --- |"]
+    for group, params in groups():
+        for p in params:
+            req = "yes" if p.required else ("when lr_scheduler=step" if p.name == "lr_scheduler_step" else "no")
+            lines.append(f"| `{p.name}` | {group} | {req} | {p.accepts()} | {p.default_text()} | {p.doc} |")
+    return "\n".join(lines)
+
+
+def text_listing() -> str:
+    """`gluonseg hyperparameters`: the same facts for a terminal."""
+    out = []
+    for group, params in groups():
+        out.append(f"{group}:")
+        for p in params:
+            out.append(f"  {p.name:<28} default {p.default_text():<10} accepts {p.accepts()}")
+            out.append(f"  {'':<28} {p.doc}")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
