@@ -16,8 +16,9 @@ def compile_proto() -> None:
     proto = PROTO_DIR / "record.proto"
     if not proto.exists():
         return
-    subprocess.check_call([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}",
-                           f"--python_out={PROTO_DIR}", str(proto)])
+    subprocess.check_call(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={PROTO_DIR}", str(proto)]
+    )
 
 
 class BuildWithProto(build_py):
@@ -39,8 +40,17 @@ setup(
     include_package_data=True,
     # Versions are pinned in requirements.lock and installed from it (--no-deps); these are the
     # direct needs only, so `pip check` can tell when the lock misses something.
-    install_requires=["mxnet>=1.9.1,<2", "gluoncv==0.10.5.post0", "numpy>=1.23,<1.24", "pillow", "flask",
-                      "gunicorn", "protobuf>=4,<5", "tqdm", "matplotlib"],
+    install_requires=[
+        "mxnet>=1.9.1,<2",
+        "gluoncv==0.10.5.post0",
+        "numpy>=1.23,<1.24",
+        "pillow",
+        "flask",
+        "gunicorn",
+        "protobuf>=4,<5",
+        "tqdm",
+        "matplotlib",
+    ],
     entry_points={
         "console_scripts": [
             "train=gluonseg.train_entry:main",

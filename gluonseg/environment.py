@@ -33,7 +33,9 @@ def read_json_file(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES) -> 
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ClientError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise ClientError(
+            f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     except RecursionError:
         raise ClientError(f"{what} {path} is nested too deeply") from None
 
@@ -67,9 +69,13 @@ class ResourceConfig:
 
 @dataclass(frozen=True)
 class Environment:
-    """The `/opt/ml` tree of one job."""
+    """The `/opt/ml` tree of one job. The CLI overrides single folders (`--data`, `--model-dir`)."""
 
     base_dir: Path = field(default_factory=lambda: Path(os.environ.get("SAGEMAKER_BASE_DIR", DEFAULT_BASE_DIR)))
+    data_dir_override: Path | None = None
+    model_dir_override: Path | None = None
+    output_dir_override: Path | None = None
+    checkpoint_dir_override: Path | None = None
 
     # -- paths ---------------------------------------------------------------------------
     @property
@@ -90,7 +96,7 @@ class Environment:
 
     @property
     def data_dir(self) -> Path:
-        return self.base_dir / "input" / "data"
+        return self.data_dir_override or self.base_dir / "input" / "data"
 
     def channel_dir(self, name: str) -> Path:
         return self.data_dir / name
@@ -100,11 +106,11 @@ class Environment:
 
     @property
     def model_dir(self) -> Path:
-        return self.base_dir / "model"
+        return self.model_dir_override or self.base_dir / "model"
 
     @property
     def output_dir(self) -> Path:
-        return self.base_dir / "output"
+        return self.output_dir_override or self.base_dir / "output"
 
     @property
     def output_data_dir(self) -> Path:
@@ -116,7 +122,7 @@ class Environment:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.base_dir / "checkpoints"
+        return self.checkpoint_dir_override or self.base_dir / "checkpoints"
 
     # -- config files --------------------------------------------------------------------
     def raw_hyperparameters(self) -> dict[str, Any]:
@@ -156,7 +162,9 @@ class Environment:
         current = str(data.get("current_host", "algo-1"))
         hosts = data.get("hosts") or [current]
         if not isinstance(hosts, list) or current not in hosts:
-            raise ClientError(f"resource config {self.resource_config_path}: current_host {current!r} is not in hosts {hosts!r}")
+            raise ClientError(
+                f"resource config {self.resource_config_path}: current_host {current!r} is not in hosts {hosts!r}"
+            )
         return ResourceConfig(
             current_host=current,
             hosts=tuple(sorted(str(h) for h in hosts)),

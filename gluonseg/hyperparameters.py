@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from gluonseg.errors import ClientError
 
@@ -67,47 +68,119 @@ BOOL = ("True", "False")
 
 SCHEMA: tuple[Param, ...] = (
     # -- network architecture
-    Param("backbone", "choice", "Encoder network: a dilated ResNet (GluonCV v1s), output stride 8.",
-          default="resnet-50", choices=("resnet-50", "resnet-101"), group="Network architecture"),
-    Param("use_pretrained_model", "bool", "Start the backbone from ImageNet weights (see README: pretrained weights).",
-          default=True, choices=BOOL, group="Network architecture"),
-    Param("algorithm", "choice", "Decoder: FCN, Pyramid Scene Parsing, or DeepLab V3.",
-          default="fcn", choices=("fcn", "psp", "deeplab"), group="Network architecture"),
+    Param(
+        "backbone",
+        "choice",
+        "Encoder network: a dilated ResNet (GluonCV v1s), output stride 8.",
+        default="resnet-50",
+        choices=("resnet-50", "resnet-101"),
+        group="Network architecture",
+    ),
+    Param(
+        "use_pretrained_model",
+        "bool",
+        "Start the backbone from ImageNet weights (see README: pretrained weights).",
+        default=True,
+        choices=BOOL,
+        group="Network architecture",
+    ),
+    Param(
+        "algorithm",
+        "choice",
+        "Decoder: FCN, Pyramid Scene Parsing, or DeepLab V3.",
+        default="fcn",
+        choices=("fcn", "psp", "deeplab"),
+        group="Network architecture",
+    ),
     # -- data
-    Param("num_classes", "int", "Number of classes; pixel value 255 is 'ignore'.",
-          required=True, low=2, high=254, group="Data"),
-    Param("num_training_samples", "int", "Number of training images; sets iterations per epoch of the LR schedule.",
-          required=True, low=1, group="Data"),
-    Param("base_size", "int", "Training rescale: the long side becomes base_size x U(0.5, 2.0), aspect kept.",
-          default=520, low=16, low_open=True, group="Data"),
-    Param("crop_size", "int", "Side of the square training crop; rounded up to a multiple of 8.",
-          default=240, low=16, low_open=True, group="Data"),
+    Param(
+        "num_classes",
+        "int",
+        "Number of classes; pixel value 255 is 'ignore'.",
+        required=True,
+        low=2,
+        high=254,
+        group="Data",
+    ),
+    Param(
+        "num_training_samples",
+        "int",
+        "Number of training images; sets iterations per epoch of the LR schedule.",
+        required=True,
+        low=1,
+        group="Data",
+    ),
+    Param(
+        "base_size",
+        "int",
+        "Training rescale: the long side becomes base_size x U(0.5, 2.0), aspect kept.",
+        default=520,
+        low=16,
+        low_open=True,
+        group="Data",
+    ),
+    Param(
+        "crop_size",
+        "int",
+        "Side of the square training crop; rounded up to a multiple of 8.",
+        default=240,
+        low=16,
+        low_open=True,
+        group="Data",
+    ),
     # -- training
     Param("early_stopping", "bool", "Stop when validation mIOU stops improving.", default=False, choices=BOOL),
     Param("early_stopping_min_epochs", "int", "Epochs always run before early stopping may stop.", default=5, low=0),
-    Param("early_stopping_patience", "int", "Consecutive epochs without improvement that stop training.",
-          default=4, low=1),
-    Param("early_stopping_tolerance", "float",
-          "An epoch counts as not improved if the relative mIOU gain is below this.", default=0.0, low=0, high=1),
+    Param(
+        "early_stopping_patience", "int", "Consecutive epochs without improvement that stop training.", default=4, low=1
+    ),
+    Param(
+        "early_stopping_tolerance",
+        "float",
+        "An epoch counts as not improved if the relative mIOU gain is below this.",
+        default=0.0,
+        low=0,
+        high=1,
+    ),
     Param("epochs", "int", "Passes over the training data.", default=10, low=1),
-    Param("gamma1", "float", "rmsprop only: decay of the moving average of squared gradients.",
-          default=0.9, low=0, high=1),
+    Param(
+        "gamma1", "float", "rmsprop only: decay of the moving average of squared gradients.", default=0.9, low=0, high=1
+    ),
     Param("gamma2", "float", "rmsprop only: momentum factor (centered RMSProp).", default=0.9, low=0, high=1),
     Param("learning_rate", "float", "Initial learning rate.", default=0.001, low=0, low_open=True, high=1),
-    Param("lr_scheduler", "choice", "Learning-rate schedule, updated every iteration.",
-          default="poly", choices=("step", "poly", "cosine")),
-    Param("lr_scheduler_factor", "float", "step only: multiplier applied at each lr_scheduler_step epoch.",
-          default=0.1, low=0, high=1),
-    Param("lr_scheduler_step", "epochs", "step only (then required): epochs after which the LR is multiplied, "
-          "e.g. '10, 20'."),
+    Param(
+        "lr_scheduler",
+        "choice",
+        "Learning-rate schedule, updated every iteration.",
+        default="poly",
+        choices=("step", "poly", "cosine"),
+    ),
+    Param(
+        "lr_scheduler_factor",
+        "float",
+        "step only: multiplier applied at each lr_scheduler_step epoch.",
+        default=0.1,
+        low=0,
+        high=1,
+    ),
+    Param(
+        "lr_scheduler_step",
+        "epochs",
+        "step only (then required): epochs after which the LR is multiplied, " "e.g. '10, 20'.",
+    ),
     Param("mini_batch_size", "int", "Training batch size (per host).", default=16, low=1),
     Param("momentum", "float", "sgd (and nag) only: momentum.", default=0.9, low=0, low_open=True, high=1),
-    Param("optimizer", "choice", "MXNet optimizer.", default="sgd",
-          choices=("sgd", "adam", "rmsprop", "adagrad", "nag")),
+    Param(
+        "optimizer", "choice", "MXNet optimizer.", default="sgd", choices=("sgd", "adam", "rmsprop", "adagrad", "nag")
+    ),
     Param("syncbn", "bool", "Synchronised BatchNorm across the GPUs of one host.", default=False, choices=BOOL),
-    Param("validation_mini_batch_size", "int",
-          "Validation batch size; 1 scores each image whole, > 1 scores centre crops of crop_size.",
-          default=16, low=1),
+    Param(
+        "validation_mini_batch_size",
+        "int",
+        "Validation batch size; 1 scores each image whole, > 1 scores centre crops of crop_size.",
+        default=16,
+        low=1,
+    ),
     Param("weight_decay", "float", "Weight decay (L2).", default=0.0001, low=0, low_open=True, high=1, high_open=True),
 )
 
@@ -142,7 +215,7 @@ class Hyperparameters(Mapping[str, Any]):
     def to_dict(self) -> dict[str, Any]:
         return dict(self._values)
 
-    def replace(self, **changes: Any) -> "Hyperparameters":
+    def replace(self, **changes: Any) -> Hyperparameters:
         return Hyperparameters({**self._values, **changes})
 
     def __repr__(self) -> str:
@@ -232,9 +305,15 @@ def parse(raw: Mapping[str, Any]) -> Hyperparameters:
         else:
             values[param.name] = param.default
 
-    if values.get("lr_scheduler") == "step" and values.get("lr_scheduler_step") is None and "lr_scheduler_step" not in invalid:
-        errors.append("The 'lr_scheduler_step' hyperparameter is required when 'lr_scheduler' is 'step'; it accepts "
-                      + BY_NAME["lr_scheduler_step"].accepts())
+    if (
+        values.get("lr_scheduler") == "step"
+        and values.get("lr_scheduler_step") is None
+        and "lr_scheduler_step" not in invalid
+    ):
+        errors.append(
+            "The 'lr_scheduler_step' hyperparameter is required when 'lr_scheduler' is 'step'; it accepts "
+            + BY_NAME["lr_scheduler_step"].accepts()
+        )
     if errors:
         raise ClientError("; ".join(errors) + " (caused by ValidationError)")
 

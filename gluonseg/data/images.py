@@ -67,9 +67,17 @@ def load_mask(source: Source, name: str) -> np.ndarray:
     """A class-id mask: uint8 (H, W). Refuses colour, 16-bit and non-PNG-like masks by name."""
     img = _open(source, name)
     if img.mode not in MASK_MODES:
-        kind = {"RGB": "a colour (RGB) image", "RGBA": "a colour (RGBA) image", "I;16": "a 16-bit image",
-                "I;16B": "a 16-bit image", "I": "a 32-bit image", "I;16L": "a 16-bit image",
-                "1": "a 1-bit image", "LA": "a grayscale+alpha image", "F": "a float image"}.get(img.mode, f"mode {img.mode}")
+        kind = {
+            "RGB": "a colour (RGB) image",
+            "RGBA": "a colour (RGBA) image",
+            "I;16": "a 16-bit image",
+            "I;16B": "a 16-bit image",
+            "I": "a 32-bit image",
+            "I;16L": "a 16-bit image",
+            "1": "a 1-bit image",
+            "LA": "a grayscale+alpha image",
+            "F": "a float image",
+        }.get(img.mode, f"mode {img.mode}")
         raise ClientError(
             f"{name}: the mask is {kind}; masks must be single-channel 8-bit PNGs (mode P or L) holding class ids"
         )

@@ -90,7 +90,9 @@ def parse_label_map(data: Any, where: str) -> LabelMap:
         raise ClientError(f"{where}: use either 'scale' or 'map', not both")
     extra = sorted(keys - {"scale", "map"})
     if extra:
-        raise ClientError(f"{where}: unknown key(s) {', '.join(repr(k) for k in extra)}; a label map has 'scale' or 'map'")
+        raise ClientError(
+            f"{where}: unknown key(s) {', '.join(repr(k) for k in extra)}; a label map has 'scale' or 'map'"
+        )
     raise ClientError(f"{where}: a label map must have 'scale' or 'map'")
 
 

@@ -1,0 +1,201 @@
+"""File-mode training channels: pair images with masks, and check every mask before training starts.
+
+The scan is the guard against the most common mistake with this algorithm: masks whose values are
+not class ids (colour masks, 0/255 binary masks, a wrong `num_classes`). It reads every mask once,
+reports every problem at once (first 20 files, then a count) and runs before any model is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from gluonseg.data.images import image_size, load_mask
+from gluonseg.data.label_map import IGNORE, LabelMap
+from gluonseg.errors import ClientError, list_with_limit
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+MASK_EXTENSIONS = (".png",)
+SPLITS = {"train": ("train", "train_annotation"), "validation": ("validation", "validation_annotation")}
+
+
+class Sample(NamedTuple):
+    name: str
+    image_path: Path
+    mask_path: Path
+
+
+def _visible_files(root: Path, extensions: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
+    """Files under root (nested folders walked, hidden files and folders skipped), keyed by their
+    path relative to root without extension. Returns (files, other_files)."""
+    found: dict[str, Path] = {}
+    others: list[str] = []
+    duplicates: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            if filename.startswith("."):
+                continue
+            path = Path(dirpath) / filename
+            rel = path.relative_to(root)
+            if path.suffix.lower() not in extensions:
+                others.append(str(rel))
+                continue
+            key = str(rel.with_suffix(""))
+            if key in found:
+                duplicates.append(f"{found[key].relative_to(root)} and {rel}")
+            found[key] = path
+    if duplicates:
+        raise ClientError(
+            f"{root}: several files share a base name, so the pairing with masks is ambiguous: "
+            + list_with_limit(duplicates)
+        )
+    return found, others
+
+
+def pair_channel(image_dir: Path, mask_dir: Path) -> list[Sample]:
+    """Pair `X.jpg|.jpeg|.png` in image_dir with `X.png` in mask_dir by relative base name."""
+    for channel_dir in (image_dir, mask_dir):
+        if not channel_dir.is_dir():
+            raise ClientError(f"The channel '{channel_dir.name}' is missing: no folder {channel_dir}")
+    images, other_images = _visible_files(image_dir, IMAGE_EXTENSIONS)
+    masks, other_masks = _visible_files(mask_dir, MASK_EXTENSIONS)
+    problems = []
+    if not images:
+        extra = f" (found only: {list_with_limit(other_images, 5)})" if other_images else ""
+        problems.append(f"The channel '{image_dir.name}' holds no images (.jpg, .jpeg or .png) in {image_dir}{extra}")
+    if not masks:
+        extra = f" (found only: {list_with_limit(other_masks, 5)})" if other_masks else ""
+        problems.append(f"The channel '{mask_dir.name}' holds no PNG masks in {mask_dir}{extra}")
+    if problems:
+        raise ClientError("; ".join(problems))
+    lonely_images = sorted(set(images) - set(masks))
+    lonely_masks = sorted(set(masks) - set(images))
+    if lonely_images:
+        problems.append(
+            f"{len(lonely_images)} image(s) in '{image_dir.name}' have no mask of the same name in "
+            f"'{mask_dir.name}': " + list_with_limit([str(images[k].relative_to(image_dir)) for k in lonely_images])
+        )
+    if lonely_masks:
+        problems.append(
+            f"{len(lonely_masks)} mask(s) in '{mask_dir.name}' have no image of the same name in "
+            f"'{image_dir.name}': " + list_with_limit([str(masks[k].relative_to(mask_dir)) for k in lonely_masks])
+        )
+    if problems:
+        raise ClientError("; ".join(problems))
+    return [Sample(key, images[key], masks[key]) for key in sorted(images)]
+
+
+@dataclass
+class MaskReport:
+    """What the scan found in one mask."""
+
+    name: str
+    problem: str | None = None  # unreadable, wrong mode, wrong size
+    bad_values: tuple[int, ...] = ()  # raw pixel values that map outside 0..num_classes-1 and 255
+    histogram: np.ndarray | None = None  # class-id pixel counts after mapping (256 bins)
+
+
+def _scan_one(sample: Sample, lut: np.ndarray, num_classes: int) -> MaskReport:
+    name = str(sample.mask_path)
+    try:
+        mask = load_mask(sample.mask_path, name)
+        width, height = image_size(sample.image_path, str(sample.image_path))
+    except ClientError as exc:
+        return MaskReport(sample.name, problem=str(exc))
+    if mask.shape != (height, width):
+        hint = ""
+        if mask.shape == (width, height):
+            hint = " (the image may carry an EXIF rotation; masks must match the stored pixel grid)"
+        return MaskReport(
+            sample.name,
+            problem=f"{name}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+            f"{sample.image_path.name} is {width}x{height}{hint}",
+        )
+    raw_counts = np.bincount(mask.ravel(), minlength=256)
+    present = np.flatnonzero(raw_counts)
+    mapped = lut[present]
+    bad = present[(mapped >= num_classes) & (mapped != IGNORE)]
+    mapped_counts = np.bincount(mapped, weights=raw_counts[present], minlength=256).astype(np.int64)
+    return MaskReport(sample.name, bad_values=tuple(int(v) for v in bad), histogram=mapped_counts)
+
+
+def _scan_chunk(args: tuple[list[Sample], np.ndarray, int]) -> list[MaskReport]:
+    samples, lut, num_classes = args
+    return [_scan_one(s, lut, num_classes) for s in samples]
+
+
+@dataclass
+class ScanResult:
+    count: int
+    class_pixels: np.ndarray  # pixels per class id after mapping, 256 bins (255 = ignore)
+
+    def classes_present(self, num_classes: int) -> list[int]:
+        return [c for c in range(num_classes) if self.class_pixels[c] > 0]
+
+
+def scan_masks(
+    samples: Sequence[Sample], label_map: LabelMap, num_classes: int, channel: str, workers: int | None = None
+) -> ScanResult:
+    """Read every mask once; raise one ClientError listing every bad file and value."""
+    workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    chunks = _chunks(list(samples), workers * 4)
+    if workers > 1 and len(samples) >= 200:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            reports = [
+                r for part in pool.map(_scan_chunk, [(c, label_map.lut, num_classes) for c in chunks]) for r in part
+            ]
+    else:
+        reports = [r for c in chunks for r in _scan_chunk((c, label_map.lut, num_classes))]
+
+    unreadable = [r.problem for r in reports if r.problem]
+    by_value: dict[int, list[str]] = defaultdict(list)
+    for r in reports:
+        for v in r.bad_values:
+            by_value[v].append(r.name)
+    problems = []
+    if unreadable:
+        problems.append(f"{len(unreadable)} mask(s) in '{channel}' cannot be used: " + list_with_limit(unreadable))
+    if by_value:
+        names = sorted({n for files in by_value.values() for n in files})
+        values = ", ".join(str(v) for v in sorted(by_value))
+        mapping = "" if label_map.is_identity else f" after applying the label map ({label_map.description})"
+        problems.append(
+            f"{len(names)} mask(s) in '{channel}' hold values outside 0..{num_classes - 1} and 255 (ignore){mapping}: "
+            f"values {values} in "
+            + list_with_limit(names)
+            + f". Masks must hold class ids 0..num_classes-1 (num_classes={num_classes}); "
+            "use the label_map channel to map other pixel values, or raise num_classes"
+        )
+    if problems:
+        raise ClientError("; ".join(problems))
+    total = np.zeros(256, dtype=np.int64)
+    for r in reports:
+        total += r.histogram
+    return ScanResult(count=len(reports), class_pixels=total)
+
+
+def _chunks(items: list, parts: int) -> list[list]:
+    parts = max(1, min(parts, len(items)))
+    size = -(-len(items) // parts)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def required_channels_present(available: Iterable[str]) -> None:
+    missing = [c for pair in SPLITS.values() for c in pair if c not in set(available)]
+    if missing:
+        raise ClientError(
+            "Missing required channel(s): "
+            + ", ".join(f"'{c}'" for c in missing)
+            + "; File mode needs 'train', 'train_annotation', 'validation' and 'validation_annotation'"
+        )

@@ -1,0 +1,81 @@
+"""Resolve a job's training inputs from its channels, and validate them before any model is built."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gluonseg.data.channels import SPLITS, Sample, pair_channel, required_channels_present, scan_masks
+from gluonseg.data.label_map import LabelMap, load_label_map
+from gluonseg.environment import ChannelConfig, Environment
+from gluonseg.errors import ClientError
+from gluonseg.hyperparameters import Hyperparameters
+
+log = logging.getLogger(__name__)
+
+PIPE_CHANNELS = ("train", "validation")
+
+
+@dataclass
+class TrainingInputs:
+    """Everything the trainer reads: File-mode sample lists or Pipe-mode channel names, and label maps."""
+
+    mode: str  # "file" | "pipe"
+    train_label_map: LabelMap
+    validation_label_map: LabelMap
+    train_samples: list[Sample] = field(default_factory=list)
+    validation_samples: list[Sample] = field(default_factory=list)
+    num_training_samples: int = 0
+    model_channel: Path | None = None  # incremental training: folder holding the previous model.tar.gz
+
+
+def _channel_configs(env: Environment) -> dict[str, ChannelConfig]:
+    configs = env.channels()
+    # inputdataconfig.json may be absent locally; folders then count as File-mode channels.
+    for name in (*[c for pair in SPLITS.values() for c in pair], "label_map", "model"):
+        if name not in configs and env.channel_dir(name).is_dir():
+            configs[name] = ChannelConfig(name=name)
+    return configs
+
+
+def resolve_inputs(env: Environment, hp: Hyperparameters) -> TrainingInputs:
+    """Find, pair and scan the training data; raise ClientError for anything wrong with it."""
+    configs = _channel_configs(env)
+    label_dir = env.channel_dir("label_map") if "label_map" in configs else None
+    if label_dir is not None and not label_dir.is_dir():
+        label_dir = None
+    maps = {split: load_label_map(label_dir, split) for split in SPLITS}
+    model_channel = env.channel_dir("model") if "model" in configs and env.channel_dir("model").is_dir() else None
+
+    pipe = [name for name in PIPE_CHANNELS if name in configs and configs[name].is_pipe]
+    if pipe:
+        if set(pipe) != set(PIPE_CHANNELS):
+            raise ClientError("Pipe mode needs both 'train' and 'validation' in Pipe mode (augmented manifests); "
+                              f"only {', '.join(pipe)} is")
+        log.info("Pipe mode: reading augmented-manifest RecordIO streams train_<epoch>, validation_<epoch>")
+        return TrainingInputs("pipe", maps["train"], maps["validation"],
+                              num_training_samples=hp.num_training_samples, model_channel=model_channel)
+
+    required_channels_present(configs)
+    samples: dict[str, list[Sample]] = {}
+    for split, (image_channel, mask_channel) in SPLITS.items():
+        start = time.perf_counter()
+        pairs = pair_channel(env.channel_dir(image_channel), env.channel_dir(mask_channel))
+        result = scan_masks(pairs, maps[split], hp.num_classes, mask_channel)
+        seconds = time.perf_counter() - start
+        present = result.classes_present(hp.num_classes)
+        missing = [c for c in range(hp.num_classes) if c not in present]
+        log.info("%s: %d image/mask pairs checked in %.2f s; classes present: %s", split, len(pairs), seconds,
+                 present)
+        if missing and split == "train":
+            log.warning("train: class(es) %s never appear in the training masks; their IoU will stay 0", missing)
+        samples[split] = pairs
+
+    count = len(samples["train"])
+    if hp.num_training_samples != count:
+        log.warning("num_training_samples=%d but the train channel holds %d images; using %d",
+                    hp.num_training_samples, count, count)
+    return TrainingInputs("file", maps["train"], maps["validation"], samples["train"], samples["validation"],
+                          num_training_samples=count, model_channel=model_channel)

@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+
+from gluonseg.data.channels import pair_channel, scan_masks
+from gluonseg.data.label_map import LabelMap, parse_label_map
+from gluonseg.errors import ClientError
+from tests.helpers import make_channels, mask_values, write_image, write_mask
+
+
+def test_pairs_by_base_name_nested_and_hidden_files_ignored(tmp_path):
+    write_image(tmp_path / "img" / "a.jpg")
+    write_image(tmp_path / "img" / "sub" / "b.jpeg")
+    write_image(tmp_path / "img" / "c.png", fmt="PNG")
+    write_image(tmp_path / "img" / ".hidden.jpg")
+    write_image(tmp_path / "img" / ".cache" / "d.jpg")
+    for name in ("a", "sub/b", "c"):
+        write_mask(tmp_path / "ann" / f"{name}.png", mask_values())
+    (tmp_path / "ann" / ".DS_Store").write_bytes(b"x")
+    samples = pair_channel(tmp_path / "img", tmp_path / "ann")
+    assert [s.name for s in samples] == ["a", "c", "sub/b"]
+    assert samples[2].image_path.name == "b.jpeg" and samples[2].mask_path.name == "b.png"
+
+
+def test_lonely_images_and_masks_are_named(tmp_path):
+    for i in range(25):
+        write_image(tmp_path / "train" / f"only_img_{i:02d}.jpg")
+    write_image(tmp_path / "train" / "ok.jpg")
+    write_mask(tmp_path / "train_annotation" / "ok.png", mask_values())
+    write_mask(tmp_path / "train_annotation" / "orphan.png", mask_values())
+    with pytest.raises(ClientError) as err:
+        pair_channel(tmp_path / "train", tmp_path / "train_annotation")
+    text = str(err.value)
+    assert "25 image(s) in 'train' have no mask" in text
+    assert "only_img_00.jpg" in text and "only_img_19.jpg" in text and "only_img_20.jpg" not in text
+    assert "(and 5 more)" in text
+    assert "1 mask(s) in 'train_annotation' have no image" in text and "orphan.png" in text
+
+
+def test_empty_and_missing_channels(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "notes.txt").write_text("x")
+    write_mask(tmp_path / "train_annotation" / "a.png", mask_values())
+    with pytest.raises(ClientError, match=r"The channel 'train' holds no images .*notes.txt"):
+        pair_channel(tmp_path / "train", tmp_path / "train_annotation")
+    with pytest.raises(ClientError, match="The channel 'validation' is missing"):
+        pair_channel(tmp_path / "validation", tmp_path / "train_annotation")
+
+
+def _pairs(tmp_path, masks):
+    for name, values, mode in masks:
+        h, w = values.shape
+        write_image(tmp_path / "img" / f"{name}.jpg", w, h)
+        write_mask(tmp_path / "ann" / f"{name}.png", values, mode=mode)
+    return pair_channel(tmp_path / "img", tmp_path / "ann")
+
+
+def test_scan_accepts_p_and_l_masks_and_counts_classes(tmp_path):
+    m = mask_values(classes=3)
+    samples = _pairs(tmp_path, [("a", m, "P"), ("b", m, "L")])
+    result = scan_masks(samples, LabelMap.identity(), 3, "train_annotation", workers=1)
+    assert result.count == 2
+    expected = np.bincount(m.ravel(), minlength=256) * 2
+    assert np.array_equal(result.class_pixels, expected)
+    assert result.classes_present(3) == [0, 1, 2]
+
+
+def test_scan_names_files_and_values_outside_the_classes(tmp_path):
+    bad = mask_values(classes=3)
+    bad[5, 5] = 7
+    bad[6, 6] = 200
+    samples = _pairs(tmp_path, [("good", mask_values(classes=3), "P"), ("bad", bad, "P")])
+    with pytest.raises(ClientError) as err:
+        scan_masks(samples, LabelMap.identity(), 3, "train_annotation", workers=1)
+    text = str(err.value)
+    assert "1 mask(s) in 'train_annotation' hold values outside 0..2 and 255" in text
+    assert "values 7, 200 in bad" in text and "good" not in text.split("in bad")[1]
+
+
+def test_values_are_checked_after_the_label_map(tmp_path):
+    m = np.zeros((30, 40), np.uint8)
+    m[10:20, 10:20] = 4
+    samples = _pairs(tmp_path, [("a", m, "L")])
+    with pytest.raises(ClientError, match=r"outside 0..1 and 255"):
+        scan_masks(samples, LabelMap.identity(), 2, "ann", workers=1)
+    with pytest.raises(ClientError, match=r'values 4 in a.*after applying the label map \(\{"scale": 2\}\)'
+                                          r"|after applying the label map .*values 4 in a"):
+        scan_masks(samples, parse_label_map({"scale": 2}, "x"), 2, "ann", workers=1)
+    result = scan_masks(samples, parse_label_map({"scale": 4}, "x"), 2, "ann", workers=1)
+    assert result.classes_present(2) == [0, 1]
+
+
+def test_scan_rejects_rgb_16bit_size_mismatch_and_unreadable(tmp_path):
+    m = mask_values()
+    samples = _pairs(tmp_path, [("rgb", m, "RGB"), ("deep", m, "I;16"), ("ok", m, "P")])
+    write_image(tmp_path / "img" / "small.jpg", 20, 10)
+    write_mask(tmp_path / "ann" / "small.png", m)
+    write_image(tmp_path / "img" / "broken.jpg")
+    (tmp_path / "ann" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    samples = pair_channel(tmp_path / "img", tmp_path / "ann")
+    with pytest.raises(ClientError) as err:
+        scan_masks(samples, LabelMap.identity(), 3, "train_annotation", workers=1)
+    text = str(err.value)
+    assert "4 mask(s) in 'train_annotation' cannot be used" in text
+    assert "rgb.png: the mask is a colour (RGB) image" in text
+    assert "deep.png: the mask is a 16-bit image" in text
+    assert "small.png: mask is 40x30 but its image small.jpg is 20x10" in text
+    assert "broken.png: cannot decode image" in text
+
+
+def test_scan_in_worker_processes_gives_the_same_result(tmp_path):
+    make_channels(tmp_path, n_train=210, n_val=1, size=(16, 12))
+    samples = pair_channel(tmp_path / "train", tmp_path / "train_annotation")
+    one = scan_masks(samples, LabelMap.identity(), 3, "train_annotation", workers=1)
+    two = scan_masks(samples, LabelMap.identity(), 3, "train_annotation", workers=2)
+    assert one.count == two.count == 210
+    assert np.array_equal(one.class_pixels, two.class_pixels)
