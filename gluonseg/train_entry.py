@@ -29,11 +29,30 @@ def run_training_job(env: Environment) -> None:
     train(hp, inputs, env, resources)
 
 
+STOPPED_EXIT_CODE = 143  # 128 + SIGTERM: stopped on request, checkpoint saved, no failure to report
+
+
+def run_until_stopped(job) -> int:
+    """Run the job; a SIGTERM stop (checkpoint written) is not a failure and writes no failure file."""
+    from gluonseg.training.trainer import Stopped
+
+    try:
+        job()
+    except Stopped:
+        return STOPPED_EXIT_CODE
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
     env = Environment()
-    code = run_reporting_failures(lambda: run_training_job(env), lambda: env.failure_path)
-    return code
+    outcome = {"code": 0}
+
+    def job() -> None:
+        outcome["code"] = run_until_stopped(lambda: run_training_job(env))
+
+    code = run_reporting_failures(job, lambda: env.failure_path)
+    return code or outcome["code"]
 
 
 if __name__ == "__main__":

@@ -82,8 +82,11 @@ def test_values_are_checked_after_the_label_map(tmp_path):
     samples = _pairs(tmp_path, [("a", m, "L")])
     with pytest.raises(ClientError, match=r"outside 0..1 and 255"):
         scan_masks(samples, LabelMap.identity(), 2, "ann", workers=1)
-    with pytest.raises(ClientError, match=r'values 4 in a.*after applying the label map \(\{"scale": 2\}\)'
-                                          r"|after applying the label map .*values 4 in a"):
+    with pytest.raises(
+        ClientError,
+        match=r'values 4 in a.*after applying the label map \(\{"scale": 2\}\)'
+        r"|after applying the label map .*values 4 in a",
+    ):
         scan_masks(samples, parse_label_map({"scale": 2}, "x"), 2, "ann", workers=1)
     result = scan_masks(samples, parse_label_map({"scale": 4}, "x"), 2, "ann", workers=1)
     assert result.classes_present(2) == [0, 1]

@@ -30,12 +30,22 @@ def test_missing_config_files_mean_local_single_host(tmp_path):
 def test_config_files_are_read(tmp_path):
     env = Environment(tmp_path)
     env.config_dir.mkdir(parents=True)
-    env.resource_config_path.write_text(json.dumps(
-        {"current_host": "algo-2", "hosts": ["algo-2", "algo-1"], "network_interface_name": "eth1"}))
-    env.input_data_config_path.write_text(json.dumps({
-        "train": {"TrainingInputMode": "Pipe", "S3DistributionType": "ShardedByS3Key",
-                  "RecordWrapperType": "RecordIO", "ContentType": "application/x-recordio"},
-        "validation": {"TrainingInputMode": "File"}}))
+    env.resource_config_path.write_text(
+        json.dumps({"current_host": "algo-2", "hosts": ["algo-2", "algo-1"], "network_interface_name": "eth1"})
+    )
+    env.input_data_config_path.write_text(
+        json.dumps(
+            {
+                "train": {
+                    "TrainingInputMode": "Pipe",
+                    "S3DistributionType": "ShardedByS3Key",
+                    "RecordWrapperType": "RecordIO",
+                    "ContentType": "application/x-recordio",
+                },
+                "validation": {"TrainingInputMode": "File"},
+            }
+        )
+    )
     res = env.resources()
     assert res.current_host == "algo-2" and res.hosts == ("algo-1", "algo-2") and res.is_multi_host
     assert res.network_interface_name == "eth1"

@@ -8,12 +8,30 @@ REQUIRED = {"num_classes": "21", "num_training_samples": "1464"}
 
 def test_schema_has_the_24_sagemaker_names_with_their_defaults():
     expected = {
-        "backbone": "resnet-50", "use_pretrained_model": True, "algorithm": "fcn", "num_classes": None,
-        "num_training_samples": None, "base_size": 520, "crop_size": 240, "early_stopping": False,
-        "early_stopping_min_epochs": 5, "early_stopping_patience": 4, "early_stopping_tolerance": 0.0,
-        "epochs": 10, "gamma1": 0.9, "gamma2": 0.9, "learning_rate": 0.001, "lr_scheduler": "poly",
-        "lr_scheduler_factor": 0.1, "lr_scheduler_step": None, "mini_batch_size": 16, "momentum": 0.9,
-        "optimizer": "sgd", "syncbn": False, "validation_mini_batch_size": 16, "weight_decay": 0.0001,
+        "backbone": "resnet-50",
+        "use_pretrained_model": True,
+        "algorithm": "fcn",
+        "num_classes": None,
+        "num_training_samples": None,
+        "base_size": 520,
+        "crop_size": 240,
+        "early_stopping": False,
+        "early_stopping_min_epochs": 5,
+        "early_stopping_patience": 4,
+        "early_stopping_tolerance": 0.0,
+        "epochs": 10,
+        "gamma1": 0.9,
+        "gamma2": 0.9,
+        "learning_rate": 0.001,
+        "lr_scheduler": "poly",
+        "lr_scheduler_factor": 0.1,
+        "lr_scheduler_step": None,
+        "mini_batch_size": 16,
+        "momentum": 0.9,
+        "optimizer": "sgd",
+        "syncbn": False,
+        "validation_mini_batch_size": 16,
+        "weight_decay": 0.0001,
     }
     assert {p.name for p in SCHEMA} == set(expected)
     hp = parse(REQUIRED)
@@ -24,8 +42,18 @@ def test_schema_has_the_24_sagemaker_names_with_their_defaults():
 
 
 def test_strings_are_parsed_to_types_case_insensitive_booleans_and_quotes():
-    hp = parse({**REQUIRED, "use_pretrained_model": "false", "syncbn": "TRUE", "early_stopping": "True",
-                "epochs": "30", "learning_rate": "1e-2", "backbone": '"resnet-101"', "algorithm": ' "psp" '})
+    hp = parse(
+        {
+            **REQUIRED,
+            "use_pretrained_model": "false",
+            "syncbn": "TRUE",
+            "early_stopping": "True",
+            "epochs": "30",
+            "learning_rate": "1e-2",
+            "backbone": '"resnet-101"',
+            "algorithm": ' "psp" ',
+        }
+    )
     assert hp.use_pretrained_model is False and hp.syncbn is True and hp.early_stopping is True
     assert hp.epochs == 30 and isinstance(hp.epochs, int)
     assert hp.learning_rate == pytest.approx(0.01)
@@ -36,36 +64,41 @@ def test_strings_are_parsed_to_types_case_insensitive_booleans_and_quotes():
 def test_optimizer_message_is_sagemakers_wording():
     with pytest.raises(ClientError) as err:
         parse({**REQUIRED, "optimizer": "adadelta"})
-    assert ("The value 'adadelta' is not valid for the 'optimizer' hyperparameter which accepts one of the "
-            "following: 'sgd', 'adam', 'rmsprop', 'adagrad', 'nag'") in str(err.value)
+    assert (
+        "The value 'adadelta' is not valid for the 'optimizer' hyperparameter which accepts one of the "
+        "following: 'sgd', 'adam', 'rmsprop', 'adagrad', 'nag'"
+    ) in str(err.value)
     assert err.value.failure_text().startswith("ClientError: The value 'adadelta'")
 
 
-@pytest.mark.parametrize("name,value,accepts", [
-    ("num_classes", "1", "an integer between 2 and 254"),
-    ("num_classes", "255", "an integer between 2 and 254"),
-    ("num_classes", "2.5", "an integer between 2 and 254"),
-    ("num_training_samples", "0", "a positive integer"),
-    ("base_size", "16", "an integer greater than 16"),
-    ("crop_size", "8", "an integer greater than 16"),
-    ("epochs", "0", "a positive integer"),
-    ("learning_rate", "0", "a number greater than 0 and at most 1"),
-    ("learning_rate", "1.5", "a number greater than 0 and at most 1"),
-    ("weight_decay", "1", "a number greater than 0 and less than 1"),
-    ("momentum", "0", "a number greater than 0 and at most 1"),
-    ("gamma1", "-0.1", "a number between 0 and 1"),
-    ("gamma2", "1.01", "a number between 0 and 1"),
-    ("early_stopping_tolerance", "2", "a number between 0 and 1"),
-    ("lr_scheduler_factor", "nan", "a number between 0 and 1"),
-    ("mini_batch_size", "abc", "a positive integer"),
-    ("validation_mini_batch_size", "0", "a positive integer"),
-    ("early_stopping_patience", "0", "a positive integer"),
-    ("early_stopping_min_epochs", "-1", "a non-negative integer"),
-    ("use_pretrained_model", "yes", "one of the following: 'True', 'False'"),
-    ("backbone", "resnet-152", "one of the following: 'resnet-50', 'resnet-101'"),
-    ("algorithm", "unet", "one of the following: 'fcn', 'psp', 'deeplab'"),
-    ("lr_scheduler", "linear", "one of the following: 'step', 'poly', 'cosine'"),
-])
+@pytest.mark.parametrize(
+    "name,value,accepts",
+    [
+        ("num_classes", "1", "an integer between 2 and 254"),
+        ("num_classes", "255", "an integer between 2 and 254"),
+        ("num_classes", "2.5", "an integer between 2 and 254"),
+        ("num_training_samples", "0", "a positive integer"),
+        ("base_size", "16", "an integer greater than 16"),
+        ("crop_size", "8", "an integer greater than 16"),
+        ("epochs", "0", "a positive integer"),
+        ("learning_rate", "0", "a number greater than 0 and at most 1"),
+        ("learning_rate", "1.5", "a number greater than 0 and at most 1"),
+        ("weight_decay", "1", "a number greater than 0 and less than 1"),
+        ("momentum", "0", "a number greater than 0 and at most 1"),
+        ("gamma1", "-0.1", "a number between 0 and 1"),
+        ("gamma2", "1.01", "a number between 0 and 1"),
+        ("early_stopping_tolerance", "2", "a number between 0 and 1"),
+        ("lr_scheduler_factor", "nan", "a number between 0 and 1"),
+        ("mini_batch_size", "abc", "a positive integer"),
+        ("validation_mini_batch_size", "0", "a positive integer"),
+        ("early_stopping_patience", "0", "a positive integer"),
+        ("early_stopping_min_epochs", "-1", "a non-negative integer"),
+        ("use_pretrained_model", "yes", "one of the following: 'True', 'False'"),
+        ("backbone", "resnet-152", "one of the following: 'resnet-50', 'resnet-101'"),
+        ("algorithm", "unet", "one of the following: 'fcn', 'psp', 'deeplab'"),
+        ("lr_scheduler", "linear", "one of the following: 'step', 'poly', 'cosine'"),
+    ],
+)
 def test_each_range_is_enforced_and_the_message_says_the_range(name, value, accepts):
     with pytest.raises(ClientError) as err:
         parse({**REQUIRED, name: value})
@@ -73,8 +106,17 @@ def test_each_range_is_enforced_and_the_message_says_the_range(name, value, acce
 
 
 def test_boundaries_that_are_valid():
-    hp = parse({"num_classes": "2", "num_training_samples": "1", "learning_rate": "1", "gamma1": "0",
-                "early_stopping_tolerance": "1", "crop_size": "17", "base_size": "17"})
+    hp = parse(
+        {
+            "num_classes": "2",
+            "num_training_samples": "1",
+            "learning_rate": "1",
+            "gamma1": "0",
+            "early_stopping_tolerance": "1",
+            "crop_size": "17",
+            "base_size": "17",
+        }
+    )
     assert hp.num_classes == 2 and hp.learning_rate == 1.0 and hp.gamma1 == 0.0
     assert parse({"num_classes": "254", "num_training_samples": "5"}).num_classes == 254
 
@@ -117,8 +159,13 @@ def test_all_errors_in_one_run_are_reported_together():
     with pytest.raises(ClientError) as err:
         parse({"num_classes": "300", "optimizer": "adadelta", "mini_batch_siz": "1", "epochs": "-3"})
     text = str(err.value)
-    for fragment in ("'num_classes'", "'optimizer'", "'mini_batch_siz' was unexpected", "'epochs'",
-                     "'num_training_samples' is missing"):
+    for fragment in (
+        "'num_classes'",
+        "'optimizer'",
+        "'mini_batch_siz' was unexpected",
+        "'epochs'",
+        "'num_training_samples' is missing",
+    ):
         assert fragment in text
 
 

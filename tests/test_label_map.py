@@ -27,20 +27,23 @@ def test_map_form_docs_example_and_unmapped_values_become_ignore():
     assert list(lm.apply(np.array([0, 255, 1], np.uint8))) == [0, 1, 255]
 
 
-@pytest.mark.parametrize("data,fragment", [
-    ({"scale": 0}, "'scale' must be between 1 and 255"),
-    ({"scale": "x"}, "'scale' must be an integer"),
-    ({"scale": True}, "'scale' must be an integer"),
-    ({"scale": 1, "map": {"0": 0}}, "use either 'scale' or 'map'"),
-    ({"colors": {}}, "unknown key(s) 'colors'"),
-    ({}, "must have 'scale' or 'map'"),
-    ([1, 2], "must be a JSON object"),
-    ({"map": {}}, "'map' must be a non-empty object"),
-    ({"map": {"x": 1}}, "class id 'x' must be an integer"),
-    ({"map": {"0": 300}}, "pixel value 300 for class 0 is outside 0..255"),
-    ({"map": {"255": 3}}, "class id 255 is outside 0..254"),
-    ({"map": {"0": 3, "1": 3}}, "pixel value 3 is mapped to both class 0 and class 1"),
-])
+@pytest.mark.parametrize(
+    "data,fragment",
+    [
+        ({"scale": 0}, "'scale' must be between 1 and 255"),
+        ({"scale": "x"}, "'scale' must be an integer"),
+        ({"scale": True}, "'scale' must be an integer"),
+        ({"scale": 1, "map": {"0": 0}}, "use either 'scale' or 'map'"),
+        ({"colors": {}}, "unknown key(s) 'colors'"),
+        ({}, "must have 'scale' or 'map'"),
+        ([1, 2], "must be a JSON object"),
+        ({"map": {}}, "'map' must be a non-empty object"),
+        ({"map": {"x": 1}}, "class id 'x' must be an integer"),
+        ({"map": {"0": 300}}, "pixel value 300 for class 0 is outside 0..255"),
+        ({"map": {"255": 3}}, "class id 255 is outside 0..254"),
+        ({"map": {"0": 3, "1": 3}}, "pixel value 3 is mapped to both class 0 and class 1"),
+    ],
+)
 def test_malformed_label_maps_are_client_errors(data, fragment):
     with pytest.raises(ClientError) as err:
         parse_label_map(data, "train_label_map.json")

@@ -78,8 +78,7 @@ def test_train_py_does_what_train_does(tmp_path):
 def test_failure_text_fits_the_1024_character_reason(tmp_path):
     base = make_job(tmp_path, GOOD, n_train=40)
     for i in range(40):
-        write_mask(base / "input" / "data" / "train_annotation" / f"img_{i}.png",
-                   np.full((30, 40), 99, np.uint8))
+        write_mask(base / "input" / "data" / "train_annotation" / f"img_{i}.png", np.full((30, 40), 99, np.uint8))
     proc, _ = run_train(base)
     text = failure(base)
     assert proc.returncode == 2

@@ -52,11 +52,18 @@ def resolve_inputs(env: Environment, hp: Hyperparameters) -> TrainingInputs:
     pipe = [name for name in PIPE_CHANNELS if name in configs and configs[name].is_pipe]
     if pipe:
         if set(pipe) != set(PIPE_CHANNELS):
-            raise ClientError("Pipe mode needs both 'train' and 'validation' in Pipe mode (augmented manifests); "
-                              f"only {', '.join(pipe)} is")
+            raise ClientError(
+                "Pipe mode needs both 'train' and 'validation' in Pipe mode (augmented manifests); "
+                f"only {', '.join(pipe)} is"
+            )
         log.info("Pipe mode: reading augmented-manifest RecordIO streams train_<epoch>, validation_<epoch>")
-        return TrainingInputs("pipe", maps["train"], maps["validation"],
-                              num_training_samples=hp.num_training_samples, model_channel=model_channel)
+        return TrainingInputs(
+            "pipe",
+            maps["train"],
+            maps["validation"],
+            num_training_samples=hp.num_training_samples,
+            model_channel=model_channel,
+        )
 
     required_channels_present(configs)
     samples: dict[str, list[Sample]] = {}
@@ -67,15 +74,25 @@ def resolve_inputs(env: Environment, hp: Hyperparameters) -> TrainingInputs:
         seconds = time.perf_counter() - start
         present = result.classes_present(hp.num_classes)
         missing = [c for c in range(hp.num_classes) if c not in present]
-        log.info("%s: %d image/mask pairs checked in %.2f s; classes present: %s", split, len(pairs), seconds,
-                 present)
+        log.info("%s: %d image/mask pairs checked in %.2f s; classes present: %s", split, len(pairs), seconds, present)
         if missing and split == "train":
             log.warning("train: class(es) %s never appear in the training masks; their IoU will stay 0", missing)
         samples[split] = pairs
 
     count = len(samples["train"])
     if hp.num_training_samples != count:
-        log.warning("num_training_samples=%d but the train channel holds %d images; using %d",
-                    hp.num_training_samples, count, count)
-    return TrainingInputs("file", maps["train"], maps["validation"], samples["train"], samples["validation"],
-                          num_training_samples=count, model_channel=model_channel)
+        log.warning(
+            "num_training_samples=%d but the train channel holds %d images; using %d",
+            hp.num_training_samples,
+            count,
+            count,
+        )
+    return TrainingInputs(
+        "file",
+        maps["train"],
+        maps["validation"],
+        samples["train"],
+        samples["validation"],
+        num_training_samples=count,
+        model_channel=model_channel,
+    )

@@ -1,0 +1,133 @@
+"""`gluonseg`: the user's command line. Thin: parse flags, call the modules that do the work."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from gluonseg.errors import ClientError, GluonsegError
+
+log = logging.getLogger("gluonseg.cli")
+
+
+def _cmd_make_dataset(args: argparse.Namespace) -> int:
+    from gluonseg.data.synthetic import make_dataset
+
+    summary = make_dataset(
+        args.out, classes=args.classes, train=args.train, validation=args.validation, size=args.size, seed=args.seed
+    )
+    print(
+        f"wrote {summary['train']} training and {summary['validation']} validation pairs "
+        f"({summary['classes']} classes) to {args.out}"
+    )
+    return 0
+
+
+def _cmd_prepare_voc(args: argparse.Namespace) -> int:
+    from gluonseg.data.voc import prepare_voc
+
+    summary = prepare_voc(args.source, args.out)
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def _cmd_hyperparameters(args: argparse.Namespace) -> int:
+    from gluonseg.hyperparameters import markdown_table, text_listing
+
+    print(markdown_table() if args.markdown else text_listing(), end="" if not args.markdown else "\n")
+    return 0
+
+
+def parse_key_values(pairs: list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ClientError(f"'{pair}' is not KEY=VALUE")
+        values[key.strip()] = value
+    return values
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from gluonseg.environment import Environment
+    from gluonseg.errors import run_reporting_failures
+    from gluonseg.train_entry import run_training_job, run_until_stopped
+
+    raw: dict[str, str] = {}
+    if args.hyperparameters:
+        from gluonseg.environment import read_json_file
+
+        data = read_json_file(args.hyperparameters, "hyperparameters file")
+        if not isinstance(data, dict):
+            raise ClientError(f"hyperparameters file {args.hyperparameters} must hold a JSON object")
+        raw.update({k: str(v) for k, v in data.items()})
+    raw.update(parse_key_values(args.overrides))
+    args.model_dir.mkdir(parents=True, exist_ok=True)
+    output = args.output_dir or args.model_dir / "output"
+    env = Environment(
+        base_dir=args.model_dir / ".job",
+        data_dir_override=args.data,
+        model_dir_override=args.model_dir,
+        output_dir_override=output,
+        checkpoint_dir_override=args.checkpoint_dir or args.model_dir / "checkpoints",
+    )
+    env.config_dir.mkdir(parents=True, exist_ok=True)
+    env.hyperparameters_path.write_text(json.dumps(raw))
+    outcome = {"code": 0}
+
+    def job() -> None:
+        outcome["code"] = run_until_stopped(lambda: run_training_job(env))
+
+    return run_reporting_failures(job, lambda: env.failure_path) or outcome["code"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gluonseg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-dataset", help="generate a learnable dataset in the SageMaker channel layout")
+    p.add_argument("--out", type=Path, required=True, help="folder to create (train/, train_annotation/, ...)")
+    p.add_argument("--classes", type=int, default=5, help="number of classes, background included (default 5)")
+    p.add_argument("--train", type=int, default=40, help="training pairs (default 40)")
+    p.add_argument("--validation", type=int, default=12, help="validation pairs (default 12)")
+    p.add_argument("--size", type=int, default=160, help="typical image side in pixels (default 160)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    p.set_defaults(func=_cmd_make_dataset)
+
+    p = sub.add_parser("prepare-voc", help="turn VOCtrainval_11-May-2012.tar or VOCdevkit/ into the four channels")
+    p.add_argument("source", type=Path, help="the VOC tar or an extracted VOCdevkit/ folder")
+    p.add_argument("--out", type=Path, required=True, help="folder for train/, train_annotation/, ...")
+    p.set_defaults(func=_cmd_prepare_voc)
+
+    p = sub.add_parser("hyperparameters", help="list every hyperparameter with its default and valid values")
+    p.add_argument("--markdown", action="store_true", help="print the README's Markdown table")
+    p.set_defaults(func=_cmd_hyperparameters)
+
+    p = sub.add_parser("train", help="run a training job on a local folder of channels (no /opt/ml needed)")
+    p.add_argument("--data", type=Path, required=True, help="folder holding train/, train_annotation/, ...")
+    p.add_argument("--model-dir", type=Path, required=True, help="where the model folder is written")
+    p.add_argument("--hyperparameters", type=Path, help="a JSON file of hyperparameters")
+    p.add_argument("--checkpoint-dir", type=Path, help="checkpoints (default MODEL_DIR/checkpoints)")
+    p.add_argument("--output-dir", type=Path, help="metric history, plots, failure (default MODEL_DIR/output)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="hyperparameters, e.g. num_classes=5 epochs=3")
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gluonseg.logging_setup import configure_logging
+
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GluonsegError as exc:
+        print(exc.failure_text(), file=sys.stderr)
+        return 2 if isinstance(exc, ClientError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

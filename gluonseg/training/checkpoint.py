@@ -1,0 +1,103 @@
+"""Checkpoints in `/opt/ml/checkpoints` (synced to S3 by SageMaker), written so a kill at any moment
+leaves either the previous complete checkpoint or the new one, never a half-written one.
+
+Layout: `ckpt-<n>/` holds `net.params`, `trainer.states` and `state.json`; `latest.json` names the
+newest complete folder and is replaced atomically (os.replace) after the folder is fully written
+and fsynced. Older folders are pruned once the new pointer is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gluonseg.errors import AlgorithmError
+
+log = logging.getLogger(__name__)
+
+POINTER = "latest.json"
+KEEP = 2
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(directory: Path, net: Any, trainer: Any, state: dict[str, Any]) -> Path:
+    """Write a complete checkpoint; return its folder. `state` must be JSON-serialisable."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        serial = _next_serial(directory)
+        final = directory / f"ckpt-{serial:06d}"
+        tmp = directory / f".tmp-ckpt-{serial:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        net.save_parameters(str(tmp / "net.params"))
+        trainer.save_states(str(tmp / "trainer.states"))
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        for name in ("net.params", "trainer.states", "state.json"):
+            _fsync_file(tmp / name)
+        os.replace(tmp, final)
+        _fsync_dir(directory)
+        pointer_tmp = directory / f".{POINTER}.tmp"
+        pointer_tmp.write_text(json.dumps({"folder": final.name, "epoch": state.get("epoch")}))
+        _fsync_file(pointer_tmp)
+        os.replace(pointer_tmp, directory / POINTER)
+        _fsync_dir(directory)
+    except OSError as exc:
+        raise AlgorithmError(f"Cannot write a checkpoint to {directory}: {exc.strerror or exc}") from None
+    _prune(directory, keep_name=final.name)
+    return final
+
+
+def _next_serial(directory: Path) -> int:
+    serials = [int(p.name.split("-")[1]) for p in directory.glob("ckpt-*") if p.name.split("-")[1].isdigit()]
+    return max(serials, default=0) + 1
+
+
+def _prune(directory: Path, keep_name: str) -> None:
+    folders = sorted(p for p in directory.glob("ckpt-*") if p.is_dir())
+    for old in folders[:-KEEP]:
+        if old.name != keep_name:
+            shutil.rmtree(old, ignore_errors=True)
+    for tmp in directory.glob(".tmp-ckpt-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def find_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint folder, or None."""
+    pointer = directory / POINTER
+    if not pointer.exists():
+        return None
+    try:
+        folder = directory / json.loads(pointer.read_text())["folder"]
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("checkpoint pointer %s is unreadable; starting from scratch", pointer)
+        return None
+    if not all((folder / n).exists() for n in ("net.params", "trainer.states", "state.json")):
+        log.warning("checkpoint %s is incomplete; starting from scratch", folder)
+        return None
+    return folder
+
+
+def load_checkpoint(folder: Path, net: Any, trainer: Any, ctx: Any) -> dict[str, Any]:
+    """Restore weights and optimizer state; return the saved state."""
+    net.load_parameters(str(folder / "net.params"), ctx=ctx)
+    trainer.load_states(str(folder / "trainer.states"))
+    return json.loads((folder / "state.json").read_text())

@@ -1,0 +1,88 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from gluonseg.docs import current_block, generated_block
+from gluonseg.hyperparameters import SCHEMA
+
+REPO = Path(__file__).resolve().parents[1]
+GLUONSEG = str(Path(sys.executable).parent / "gluonseg")
+
+
+def test_readme_hyperparameter_table_is_generated_from_the_schema():
+    readme = (REPO / "README.md").read_text()
+    assert current_block(readme) == generated_block(), "run: python -m gluonseg.docs"
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+    assert "make test" in (REPO / "README.md").read_text()
+
+
+def test_cli_hyperparameters_listing():
+    out = subprocess.run([GLUONSEG, "hyperparameters"], capture_output=True, text=True, check=True).stdout
+    for p in SCHEMA:
+        assert p.name in out
+    md = subprocess.run([GLUONSEG, "hyperparameters", "--markdown"], capture_output=True, text=True, check=True).stdout
+    assert md.strip() in (REPO / "README.md").read_text()
+
+
+def test_cli_make_dataset_then_train_rejects_bad_overrides(tmp_path):
+    data = tmp_path / "data"
+    subprocess.run(
+        [
+            GLUONSEG,
+            "make-dataset",
+            "--out",
+            str(data),
+            "--classes",
+            "3",
+            "--train",
+            "4",
+            "--validation",
+            "2",
+            "--size",
+            "48",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert len(list((data / "train").glob("*.jpg"))) == 4
+    proc = subprocess.run(
+        [
+            GLUONSEG,
+            "train",
+            "--data",
+            str(data),
+            "--model-dir",
+            str(tmp_path / "m"),
+            "num_classes=3",
+            "num_training_samples=4",
+            "optimizer=adadelta",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "The value 'adadelta' is not valid for the 'optimizer' hyperparameter" in proc.stderr
+    failure = (tmp_path / "m" / "output" / "failure").read_text()
+    assert failure.startswith("ClientError:")
+    hp_file = tmp_path / "hp.json"
+    hp_file.write_text(json.dumps({"num_classes": 3, "num_training_samples": 4}))
+    proc = subprocess.run(
+        [
+            GLUONSEG,
+            "train",
+            "--data",
+            str(data),
+            "--model-dir",
+            str(tmp_path / "m2"),
+            "--hyperparameters",
+            str(hp_file),
+            "crop_size=abc",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "'crop_size' hyperparameter" in proc.stderr
