@@ -84,6 +84,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run_reporting_failures(job, lambda: env.failure_path) or outcome["code"]
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from serve.entry import run, settings_with
+    from serve.settings import ServerSettings
+
+    settings = settings_with(ServerSettings.from_env(), model_dir=args.model_dir, port=args.port, workers=args.workers)
+    if not (settings.model_dir / "hyperparams.json").exists():
+        raise ClientError(f"--model-dir {settings.model_dir} is not a model folder (no hyperparams.json)")
+    run(settings, host=args.host)
+    return 0
+
+
+def _cmd_transform(args: argparse.Namespace) -> int:
+    from serve.batch import transform_folder
+
+    results = transform_folder(
+        args.model_dir, args.input, args.output, accept=args.accept, content_type=args.content_type, jobs=args.jobs
+    )
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} of {len(results)} file(s) transformed into {args.output}")
+    for r in failed:
+        print(f"FAILED {r.source}: {r.reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gluonseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, help="metric history, plots, failure (default MODEL_DIR/output)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="hyperparameters, e.g. num_classes=5 epochs=3")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("serve", help="run the scoring server (gunicorn) on a local model folder")
+    p.add_argument("--model-dir", type=Path, required=True, help="a model folder (hyperparams.json, ...)")
+    p.add_argument("--port", type=int, help="port (default $SAGEMAKER_BIND_TO_PORT or 8080)")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("transform", help="batch transform: X -> X.out for every file under a folder")
+    p.add_argument("--model-dir", type=Path, required=True, help="a model folder")
+    p.add_argument("--input", type=Path, required=True, help="folder of images (walked recursively)")
+    p.add_argument("--output", type=Path, required=True, help="folder for the .out files")
+    p.add_argument(
+        "--accept",
+        default="image/png",
+        help="image/png (default), application/x-recordio-protobuf or application/x-protobuf",
+    )
+    p.add_argument("--content-type", default="image/jpeg", help="the request Content-Type (default image/jpeg)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    p.set_defaults(func=_cmd_transform)
     return parser
 
 

@@ -86,3 +86,21 @@ def run_reporting_failures(job: Callable[[], None], failure_path: Callable[[], P
     write_failure(path, text)
     print(text[:FAILURE_REASON_LIMIT], file=sys.stderr)
     return code
+
+
+class RequestError(ClientError):
+    """A bad inference request; `status` is the HTTP status the server answers with."""
+
+    status = 400
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+
+
+class NotAcceptable(RequestError):
+    status = 406

@@ -117,3 +117,16 @@ def test_scan_in_worker_processes_gives_the_same_result(tmp_path):
     two = scan_masks(samples, LabelMap.identity(), 3, "train_annotation", workers=2)
     assert one.count == two.count == 210
     assert np.array_equal(one.class_pixels, two.class_pixels)
+
+
+def test_truncated_training_files_are_refused_even_after_gluoncv_import(tmp_path):
+    import gluoncv  # noqa: F401 - turns PIL's LOAD_TRUNCATED_IMAGES on globally
+    from PIL import ImageFile
+
+    from gluonseg.data.images import load_image
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    path = write_image(tmp_path / "a.jpg", 200, 150)
+    path.write_bytes(path.read_bytes()[:-600])
+    with pytest.raises(ClientError, match="a.jpg: cannot decode image"):
+        load_image(path, str(path))

@@ -15,14 +15,14 @@ from gluoncv.model_zoo import FCN, DeepLabV3, PSPNet
 
 from gluonseg.artifacts import read_model_dir
 from gluonseg.training.metrics_log import load_metric_definitions
-from tests.e2e_jobs import TINY, TRAIN, job_tree, make_dataset_once, run_train, train_env
+from tests.e2e_jobs import TINY, TRAIN, job_tree, run_train, train_env
 
 GLUONCV_CLASSES = {"fcn": FCN, "psp": PSPNet, "deeplab": DeepLabV3}
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset_once(tmp_path_factory.mktemp("dataset"))
+def dataset(generated_dataset):
+    return generated_dataset
 
 
 def check_job(base, proc, hp):

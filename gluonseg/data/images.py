@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from gluonseg.errors import ClientError
 
@@ -29,6 +29,8 @@ def _open(source: Source, name: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            # `import gluoncv` turns this process-wide flag on; truncated files must fail, not load gray.
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ClientError(f"{name}: image is too large (more than {MAX_TRAINING_PIXELS} pixels)") from None

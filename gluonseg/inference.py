@@ -1,0 +1,321 @@
+"""Whole-image prediction with a trained network: the one code path behind the server, batch transform and CLI.
+
+Why tiles: GluonCV's networks have a fixed output size (spec gluoncv-notes §3.3): FCN always answers at
+crop_size, PSP and DeepLab accept only crop_size inputs, and `predict()` (any size) needs a
+non-hybridized network that re-runs imperative ops for every image. So the network here is built
+without the aux head, hybridized once with `static_alloc=True, static_shape=True` and only ever sees
+one input shape, (1, 3, crop_size, crop_size): the graph is traced and memory planned once, at load
+time (a warm-up forward), never per request. Everything that depends on the image size happens
+around it in numpy:
+
+1. Resize (PIL bilinear, aspect kept) so the SHORT side is crop_size, long side truncated, as the
+   validation crops are made (`val_crop_transform`); small images are scaled up. An extreme aspect
+   ratio would make the long side, and the tile count, explode (1x20000 -> 240x4,800,000), so the
+   scale is capped so that the long side is at most MAX_ASPECT * crop_size; the short side then comes
+   out below crop_size (at least 1 pixel).
+2. Normalise with the ImageNet mean/std (`gluonseg.data.transforms.normalize`); pad right/bottom with
+   zeros (the mean colour) to at least crop_size on each side.
+3. Cover the canvas with crop x crop tiles, stride int(2/3 * crop) as GluonCV's `MultiEvalModel`,
+   the first tile at 0 and the last flush with the right/bottom edge (no padding needed when a side is
+   >= crop). Each tile goes through the network alone (batch 1: a fixed batch dimension too). A 4:3
+   picture makes 2 tiles; the aspect cap bounds any picture to 12 (one row of 8 crops).
+4. Average the logits of overlapping tiles, crop the padding away, resize the logits (C, h', w')
+   bilinearly (half-pixel centres) to the input's (H, W), softmax over classes.
+
+Memory: the resized logits are never held whole. Step 4's resize, softmax and argmax run in
+horizontal bands of about BAND_ELEMENTS floats, so a mask-only prediction of a 4000x3000 picture with
+21 classes needs about 35 MB, not the 1 GB the full (21, 3000, 4000) float32 array would take. Asking
+for probabilities makes that (C, H, W) float32 array the answer itself, so its size is inherent. The
+time of step 4 grows with C x H x W (memory-bound: 2-3 s for that picture on a 2-core CPU, under 0.1 s
+for a 500x375 VOC picture).
+
+Exactness: the mask is the argmax of the very same band of probabilities that the probability path
+returns (same code, same bands), so `predict_mask(x)` equals `predict_probabilities(x).argmax(0)` bit
+for bit, ties included (argmax of logits alone could differ where softmax rounds two classes to the
+same float).
+
+Threads: a static-alloc CachedOp runs every call in the same preallocated memory, so one lock
+serialises the network call and the copy of its output to numpy; resizing and post-processing of
+concurrent requests run in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+from PIL import Image
+
+from gluonseg.data.transforms import normalize
+
+log = logging.getLogger(__name__)
+
+MAX_ASPECT = 8  # the resized long side is at most this many crops
+TILE_STRIDE_RATE = 2.0 / 3.0  # as GluonCV's MultiEvalModel
+BAND_ELEMENTS = 1 << 20  # floats per band of resized logits: 4 MB float32 temporaries stay near the caches
+
+
+@dataclass
+class Prediction:
+    """A mask (H, W) uint8 and, when asked for, class probabilities (C, H, W) float32."""
+
+    mask: np.ndarray
+    probabilities: np.ndarray | None = None
+
+
+def resized_size(height: int, width: int, crop_size: int) -> tuple[int, int]:
+    """(h', w') the image is resized to: short side crop_size (long side truncated), long side capped.
+
+    When the cap applies, the short side is scaled by the same factor (rounded, at least 1 pixel).
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image must be at least 1x1, got {width}x{height}")
+    short, long = min(height, width), max(height, width)
+    max_long = MAX_ASPECT * crop_size
+    new_short, new_long = crop_size, int(long * crop_size / short)
+    if new_long > max_long:
+        new_long = max_long
+        new_short = max(1, int(short * max_long / long + 0.5))
+    return (new_short, new_long) if height <= width else (new_long, new_short)
+
+
+def tile_starts(length: int, crop_size: int) -> list[int]:
+    """Tile offsets along one side: 0, stride, 2*stride, ... and the last flush with the end."""
+    if length <= crop_size:
+        return [0]
+    stride = max(1, int(crop_size * TILE_STRIDE_RATE))
+    count = -(-(length - crop_size) // stride) + 1
+    return [min(i * stride, length - crop_size) for i in range(count)]
+
+
+def _bilinear_taps(out_len: int, in_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Half-pixel-centre bilinear sampling: for each output index, the two inputs and the weight of the second."""
+    src = (np.arange(out_len, dtype=np.float64) + 0.5) * (in_len / out_len) - 0.5
+    src = np.clip(src, 0.0, in_len - 1)
+    low = np.floor(src).astype(np.intp)
+    high = np.minimum(low + 1, in_len - 1)
+    return low, high, (src - low).astype(np.float32)
+
+
+def _band_rows(num_classes: int, width: int) -> int:
+    return max(1, BAND_ELEMENTS // max(1, num_classes * width))
+
+
+def logits_to_prediction(logits: np.ndarray, height: int, width: int, want_probabilities: bool) -> Prediction:
+    """Resize logits (C, h, w) bilinearly to (height, width), softmax, argmax; in row bands to bound memory."""
+    num_classes, in_h, in_w = logits.shape
+    y0, y1, wy = _bilinear_taps(height, in_h)
+    x0, x1, wx = _bilinear_taps(width, in_w)
+    mask = np.empty((height, width), dtype=np.uint8)
+    probabilities = np.empty((num_classes, height, width), dtype=np.float32) if want_probabilities else None
+    rows = _band_rows(num_classes, width)
+    for top in range(0, height, rows):
+        band = slice(top, min(top + rows, height))
+        # Horizontal pass first, on just the input rows this band reads: when upscaling (the usual case)
+        # that is several times fewer gathers than widening every output row.
+        first, last = int(y0[band][0]), int(y1[band][-1]) + 1
+        source = logits[:, first:last, :]
+        left, right = source[:, :, x0], source[:, :, x1]
+        wide = left + (right - left) * wx
+        upper, lower = wide[:, y0[band] - first, :], wide[:, y1[band] - first, :]
+        resized = upper + (lower - upper) * wy[band][None, :, None]
+        mask[band] = _softmax_argmax(resized)
+        if probabilities is not None:
+            probabilities[:, band] = resized
+    return Prediction(mask, probabilities)
+
+
+def _softmax_argmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax over axis 0 in place; returns the argmax (first maximum, as np.argmax) as uint8.
+
+    Class-by-class loops over contiguous (rows, W) planes: numpy's reductions and argmax over a
+    leading axis are several times slower (argmax copies the array to move the axis last).
+    """
+    top = scores[0].copy()
+    for plane in scores[1:]:
+        np.maximum(top, plane, out=top)
+    scores -= top
+    np.exp(scores, out=scores)
+    total = scores[0].copy()
+    for plane in scores[1:]:
+        total += plane
+    scores /= total
+    best = scores[0].copy()
+    index = np.zeros(best.shape, dtype=np.uint8)
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best  # strict: ties keep the lower class, as np.argmax does
+        index[better] = k
+        np.maximum(best, scores[k], out=best)
+    return index
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape, dtype = getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__)
+        raise ValueError(f"expected an HxWx3 uint8 image, got shape {shape} dtype {dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image must be at least 1x1, got shape {image.shape}")
+
+
+class Predictor:
+    """A hybridized network that segments images of any size (see the module docstring for the method)."""
+
+    def __init__(
+        self,
+        net: gluon.HybridBlock,
+        num_classes: int,
+        crop_size: int,
+        ctx: mx.Context | None = None,
+        class_names: list[str] | None = None,
+        palette: list[int] | None = None,
+        algorithm: str | None = None,
+    ) -> None:
+        from gluonseg.palette import class_names as default_names
+        from gluonseg.palette import voc_palette
+
+        self.net = net
+        self.ctx = ctx or mx.cpu()
+        self._num_classes = int(num_classes)
+        self._crop_size = int(crop_size)
+        self._class_names = list(class_names) if class_names else default_names(self._num_classes)
+        self._palette = list(palette) if palette else voc_palette()
+        self.algorithm = algorithm
+        self._lock = threading.Lock()
+        net.hybridize(static_alloc=True, static_shape=True)
+        # Trace and plan memory now, so the first request is not the slow one.
+        warm = self._forward_tile(np.zeros((3, self._crop_size, self._crop_size), dtype=np.float32))
+        if warm.shape != (self._num_classes, self._crop_size, self._crop_size):
+            raise ValueError(
+                f"the network answers {warm.shape} for a {self._crop_size}x{self._crop_size} input; expected "
+                f"({self._num_classes}, {self._crop_size}, {self._crop_size})"
+            )
+
+    @classmethod
+    def from_network(
+        cls,
+        net: gluon.HybridBlock,
+        num_classes: int,
+        crop_size: int,
+        ctx: mx.Context | None = None,
+        class_names: list[str] | None = None,
+        palette: list[int] | None = None,
+        algorithm: str | None = None,
+    ) -> Predictor:
+        """Wrap an already built and initialised network (it gets hybridized in place)."""
+        return cls(net, num_classes, crop_size, ctx, class_names, palette, algorithm)
+
+    @classmethod
+    def from_model_dir(cls, folder: Path, ctx: mx.Context | None = None) -> Predictor:
+        """Load a model folder (gluonseg.artifacts format); the aux head in the file is dropped."""
+        from gluonseg.artifacts import read_model_dir
+        from gluonseg.models import load_trained_network
+
+        artifact = read_model_dir(Path(folder))
+        hp = artifact.hp
+        ctx = ctx or mx.cpu()
+        net = load_trained_network(
+            artifact.params_path,
+            hp.algorithm,
+            hp.backbone,
+            artifact.num_classes,
+            hp.crop_size,
+            hp.base_size,
+            ctx=ctx,
+            aux=False,
+        )
+        log.info(
+            "loaded %s (%s on %s, %d classes, crop %d)",
+            artifact.params_path,
+            hp.algorithm,
+            hp.backbone,
+            artifact.num_classes,
+            hp.crop_size,
+        )
+        return cls(
+            net,
+            artifact.num_classes,
+            hp.crop_size,
+            ctx,
+            artifact.class_names,
+            artifact.meta.get("palette"),
+            hp.algorithm,
+        )
+
+    # -- properties
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def crop_size(self) -> int:
+        return self._crop_size
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    @property
+    def palette(self) -> list[int]:
+        """768 ints (256 RGB colours) for `PIL.Image.putpalette`."""
+        return list(self._palette)
+
+    # -- prediction
+
+    def predict(self, image: np.ndarray, want_probabilities: bool = False) -> Prediction:
+        """Segment an HxWx3 uint8 RGB image; the mask (and probabilities) come back at H x W."""
+        _check_image(image)
+        height, width = image.shape[:2]
+        logits = self.averaged_logits(image)
+        return logits_to_prediction(logits, height, width, want_probabilities)
+
+    def predict_mask(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 class ids."""
+        return self.predict(image).mask
+
+    def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
+        """(C, H, W) float32 softmax probabilities."""
+        return self.predict(image, want_probabilities=True).probabilities
+
+    def averaged_logits(self, image: np.ndarray) -> np.ndarray:
+        """Tile-averaged logits (C, h', w') at the resized resolution (padding removed)."""
+        _check_image(image)
+        crop = self._crop_size
+        new_h, new_w = resized_size(image.shape[0], image.shape[1], crop)
+        if (new_h, new_w) != image.shape[:2]:
+            image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        data = normalize(image)
+        canvas_h, canvas_w = max(new_h, crop), max(new_w, crop)
+        if (canvas_h, canvas_w) != (new_h, new_w):
+            data = np.pad(data, ((0, 0), (0, canvas_h - new_h), (0, canvas_w - new_w)))
+        total = np.zeros((self._num_classes, canvas_h, canvas_w), dtype=np.float32)
+        ys, xs = tile_starts(canvas_h, crop), tile_starts(canvas_w, crop)
+        for y in ys:
+            for x in xs:
+                tile = np.ascontiguousarray(data[:, y : y + crop, x : x + crop])
+                total[:, y : y + crop, x : x + crop] += self._forward_tile(tile)
+        # Tiles form a grid, so the overlap count is the product of per-axis counts.
+        count_y = np.zeros(canvas_h, dtype=np.float32)
+        count_x = np.zeros(canvas_w, dtype=np.float32)
+        for y in ys:
+            count_y[y : y + crop] += 1
+        for x in xs:
+            count_x[x : x + crop] += 1
+        if len(ys) > 1 or len(xs) > 1:
+            total /= count_y[None, :, None] * count_x[None, None, :]
+        return total[:, :new_h, :new_w]
+
+    def _forward_tile(self, tile: np.ndarray) -> np.ndarray:
+        """Logits (C, crop, crop) for one normalised (3, crop, crop) tile."""
+        with self._lock:
+            out: Any = self.net(mx.nd.array(tile[None], ctx=self.ctx, dtype=np.float32))
+            if isinstance(out, list | tuple):
+                out = out[0]
+            # Copy out while holding the lock: the static-alloc CachedOp may reuse this buffer next call.
+            return out.asnumpy()[0]

@@ -1,0 +1,102 @@
+"""The Flask application factory: maps HTTP to the handler, and nothing else.
+
+Routes: GET /ping, POST /invocations, GET /execution-parameters. Every client mistake is a 4xx with
+a JSON `{"error": ...}`; anything else is a 500 with a request id that is also in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from gluonseg.errors import PayloadTooLarge, RequestError
+from serve.handler import Context, SegmentationHandler
+from serve.settings import ServerSettings
+
+log = logging.getLogger("gluonseg.serve")
+
+
+def _error(status: int, message: str) -> Response:
+    response = jsonify({"error": message})
+    response.status_code = status
+    return response
+
+
+def _read_body(limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to pass `limit` bytes."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(
+            f"request body of {length} bytes is over the limit of {limit} bytes " "(SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+        )
+    stream = request.stream
+    chunks, total = [], 0
+    while True:
+        chunk = stream.read(min(1 << 20, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+    return b"".join(chunks)
+
+
+def create_app(settings: ServerSettings | None = None, handler: SegmentationHandler | None = None) -> Flask:
+    settings = settings or ServerSettings.from_env()
+    app = Flask("gluonseg")
+    app.config["MAX_CONTENT_LENGTH"] = None  # we enforce the limit ourselves, with our message
+    context = Context(settings.model_dir, default_accept=settings.default_accept, max_pixels=settings.max_pixels)
+    handler = handler or SegmentationHandler()
+    state = {"load_error": None}
+    if not handler.initialized:
+        try:
+            handler.initialize(context)
+        except Exception as exc:  # noqa: BLE001 - /ping reports it; the worker stays up to say why
+            state["load_error"] = f"{type(exc).__name__}: {exc}"
+            log.error("model failed to load from %s: %s", settings.model_dir, state["load_error"])
+
+    @app.get("/ping")
+    def ping() -> Response:
+        if handler.initialized:
+            return Response(status=200)
+        log.error("ping: model not loaded: %s", state["load_error"])
+        return _error(503, "model not loaded")
+
+    @app.get("/execution-parameters")
+    def execution_parameters() -> Response:
+        return jsonify(
+            {
+                "MaxConcurrentTransforms": settings.workers,
+                "BatchStrategy": "SINGLE_RECORD",
+                "MaxPayloadInMB": settings.max_payload_mb,
+            }
+        )
+
+    @app.post("/invocations")
+    def invocations() -> Response:
+        if not handler.initialized:
+            return _error(503, "model not loaded")
+        body = _read_body(settings.max_payload_bytes)
+        context.request_headers = [dict(request.headers)]
+        ((payload, content_type),) = handler.handle([{"body": body}], context)
+        return Response(payload, status=200, content_type=content_type)
+
+    @app.errorhandler(RequestError)
+    def request_error(exc: RequestError) -> Response:
+        return _error(exc.status, str(exc))
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        return _error(exc.code or 400, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> Response:
+        request_id = uuid.uuid4().hex[:12]
+        log.exception("request %s failed", request_id)
+        return _error(500, f"internal error (request id {request_id})")
+
+    return app

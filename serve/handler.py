@@ -1,0 +1,109 @@
+"""The model handler, in TorchServe's life cycle: initialize, preprocess, inference, postprocess, handle.
+
+No HTTP here: the Flask layer (serve/app.py) and batch transform (gluonseg transform) both call
+`handle`. Decoding, predicting and encoding are separate modules (gluonseg.codecs, gluonseg.inference);
+this class only wires them in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gluonseg.codecs.content_types import PNG, PROTOBUF, RECORDIO_PROTOBUF, check_request_type, choose_accept
+from gluonseg.codecs.decode import decode_image
+from gluonseg.codecs.encode import encode_response
+
+log = logging.getLogger("gluonseg.serve")
+
+DEFAULT_MAX_PIXELS = 36_000_000
+
+
+@dataclass
+class Context:
+    """What TorchServe passes as `context`: where the model is, and per-request headers."""
+
+    model_dir: Path
+    default_accept: str = PNG
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    request_headers: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def system_properties(self) -> dict[str, Any]:
+        return {"model_dir": str(self.model_dir)}
+
+    def get_request_header(self, index: int, name: str) -> str | None:
+        headers = self.request_headers[index] if index < len(self.request_headers) else {}
+        for key, value in headers.items():
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+@dataclass
+class DecodedRequest:
+    image: Any
+    accept: str
+
+
+class SegmentationHandler:
+    """One per worker process; `initialize` loads the model once, before any request is taken."""
+
+    def __init__(self) -> None:
+        self.initialized = False
+        self.predictor = None
+        self.context: Context | None = None
+        self.load_seconds = 0.0
+
+    def initialize(self, context: Context) -> None:
+        from gluonseg.inference import Predictor  # MXNet is imported here, in the worker, after the fork
+
+        start = time.perf_counter()
+        self.context = context
+        self.predictor = Predictor.from_model_dir(Path(context.system_properties["model_dir"]))
+        self.load_seconds = time.perf_counter() - start
+        self.initialized = True
+        log.info(
+            "model loaded from %s in %.1f s (%d classes)",
+            context.model_dir,
+            self.load_seconds,
+            self.predictor.num_classes,
+        )
+
+    def preprocess(self, data: list[dict[str, Any]]) -> list[DecodedRequest]:
+        """Check the media types first (cheap 415/406 answers), then decode the images."""
+        assert self.context is not None
+        requests = []
+        for index, item in enumerate(data):
+            content_type = self.context.get_request_header(index, "Content-Type")
+            media = check_request_type(content_type)
+            accept = choose_accept(self.context.get_request_header(index, "Accept"), self.context.default_accept)
+            image = decode_image(item.get("body") or b"", media, max_pixels=self.context.max_pixels)
+            requests.append(DecodedRequest(image, accept))
+        return requests
+
+    def inference(self, requests: list[DecodedRequest]) -> list[tuple[Any, str]]:
+        assert self.predictor is not None
+        outputs = []
+        for request in requests:
+            want_probabilities = request.accept in (RECORDIO_PROTOBUF, PROTOBUF)
+            outputs.append(
+                (self.predictor.predict(request.image, want_probabilities=want_probabilities), request.accept)
+            )
+        return outputs
+
+    def postprocess(self, outputs: list[tuple[Any, str]]) -> list[tuple[bytes, str]]:
+        assert self.predictor is not None
+        return [
+            encode_response(accept, prediction.probabilities, prediction.mask, self.predictor.palette)
+            for prediction, accept in outputs
+        ]
+
+    def handle(self, data: list[dict[str, Any]], context: Context) -> list[tuple[bytes, str]]:
+        if not self.initialized:
+            self.initialize(context)
+        self.context = context
+        return self.postprocess(self.inference(self.preprocess(data)))

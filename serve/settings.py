@@ -1,0 +1,87 @@
+"""Server settings from the environment SageMaker (and its inference toolkit) sets."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from gluonseg.errors import ClientError
+
+DEFAULT_PORT = 8080
+DEFAULT_TIMEOUT_S = 60
+DEFAULT_MAX_PAYLOAD_MB = 6
+MAX_BATCH_PAYLOAD_MB = 100  # SageMaker's ceiling for MaxPayloadInMB
+DEFAULT_MAX_PIXELS = 36_000_000  # ~6000 x 6000; a JPEG under 6 MB can declare far more (decompression bombs)
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _int(value: str | None, name: str, default: int, low: int = 1) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ClientError(f"{name} must be an integer, got {value!r}") from None
+    if number < low:
+        raise ClientError(f"{name} must be at least {low}, got {number}")
+    return number
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_dir: Path
+    port: int = DEFAULT_PORT
+    workers: int = 1
+    threads_per_worker: int = 1
+    timeout_s: int = DEFAULT_TIMEOUT_S
+    default_accept: str = "image/png"
+    max_payload_mb: int = DEFAULT_MAX_PAYLOAD_MB
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch: bool = False
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.max_payload_mb * 1024 * 1024
+
+    @classmethod
+    def from_env(cls) -> ServerSettings:
+        base = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
+        model_dir = Path(_env("GLUONSEG_MODEL_DIR") or base / "model")
+        cores = cpu_count()
+        # One worker per core by default: each request is one CPU-bound forward pass, and MXNet's
+        # OpenMP pool is then given cores // workers threads so the workers do not fight over cores.
+        workers = _int(
+            _env("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"), "SAGEMAKER_MODEL_SERVER_WORKERS", cores
+        )
+        batch = (_env("SAGEMAKER_BATCH") or "false").strip().lower() == "true"
+        payload = _int(_env("SAGEMAKER_MAX_PAYLOAD_IN_MB"), "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB)
+        return cls(
+            model_dir=model_dir,
+            port=_int(_env("SAGEMAKER_BIND_TO_PORT"), "SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT),
+            workers=workers,
+            threads_per_worker=max(1, cores // workers),
+            timeout_s=_int(
+                _env("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"),
+                "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+                DEFAULT_TIMEOUT_S,
+            ),
+            default_accept=(_env("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or "image/png").strip().lower(),
+            max_payload_mb=min(payload, MAX_BATCH_PAYLOAD_MB),
+            max_pixels=_int(_env("GLUONSEG_MAX_PIXELS"), "GLUONSEG_MAX_PIXELS", DEFAULT_MAX_PIXELS),
+            batch=batch,
+        )

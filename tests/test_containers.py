@@ -1,0 +1,83 @@
+"""What can be checked of the Dockerfiles without a Docker engine."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def instructions(name: str) -> list[tuple[str, str]]:
+    text = (REPO / name).read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def one(name: str, keyword: str) -> str:
+    values = [rest for k, rest in instructions(name) if k == keyword]
+    assert len(values) == 1, f"{name}: expected one {keyword}, got {values}"
+    return values[0]
+
+
+@pytest.mark.parametrize("name,command", [("Dockerfile.serve", "serve"), ("Dockerfile.train", "train")])
+def test_exec_form_entrypoint_dispatches_to_a_real_module(name, command):
+    entry = json.loads(one(name, "ENTRYPOINT"))
+    assert entry[-2:] == ["-m", "gluonseg.container"]
+    assert json.loads(one(name, "CMD")) == [command]
+    # The dispatcher the entrypoint names exists and knows the command SageMaker passes.
+    proc = subprocess.run(
+        [sys.executable, "-m", "gluonseg.container", "bogus"], capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 2 and "train|serve" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.serve", "Dockerfile.train"])
+def test_images_run_the_readme_install_from_the_lock_file(name):
+    runs = " ".join(rest for k, rest in instructions(name) if k == "RUN")
+    assert "make install" in runs
+    assert any("requirements.lock" in rest for k, rest in instructions(name) if k == "COPY")
+    makefile = (REPO / "Makefile").read_text()
+    assert "-r $(VENV)/requirements.txt" in makefile and "requirements.lock" in makefile
+    assert "make install" in (REPO / "README.md").read_text()
+    assert "libgl1" in runs  # opencv-python, imported by gluoncv, needs libGL
+
+
+def test_serve_image_label_port_and_non_root_user():
+    labels = " ".join(rest for k, rest in instructions("Dockerfile.serve") if k == "LABEL")
+    assert "com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in labels
+    assert one("Dockerfile.serve", "EXPOSE") == "8080"
+    user = one("Dockerfile.serve", "USER")
+    assert user not in ("root", "0")
+    assert re.search(rf"useradd .*{user}", " ".join(r for k, r in instructions("Dockerfile.serve") if k == "RUN"))
+
+
+def test_train_image_is_cuda_112_with_mxnet_cu112_and_bundled_weights():
+    assert one("Dockerfile.train", "FROM").startswith("nvidia/cuda:11.2")
+    runs = " ".join(rest for k, rest in instructions("Dockerfile.train") if k == "RUN")
+    assert "MXNET_PACKAGE=mxnet-cu112" in runs
+    assert "mxnet==1.9.1" in (REPO / "requirements.lock").read_text()
+    env = " ".join(rest for k, rest in instructions("Dockerfile.train") if k == "ENV")
+    dest = re.search(r"GLUONSEG_PRETRAINED_DIR=(\S+)", env).group(1)
+    assert f"-m gluonseg.pretrained --fetch {dest} resnet50_v1s resnet101_v1s" in runs
+
+
+def test_console_scripts_named_by_sagemaker_exist():
+    setup = (REPO / "setup.py").read_text()
+    for script, target in (
+        ("train", "gluonseg.train_entry:main"),
+        ("serve", "serve.entry:main"),
+        ("gluonseg", "gluonseg.cli:main"),
+    ):
+        assert f"{script}={target}" in setup
+        assert (Path(sys.executable).parent / script).exists()
+        module, func = target.split(":")
+        assert callable(getattr(__import__(module, fromlist=[func]), func))
