@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,10 @@ def main() -> None:
         + f"\n\nBest validation mIOU {best:.4f}; {verdict}; total wall time {seconds / 60:.1f} min "
         "(training + validation + export)."
     )
+    curves = Path(__file__).parent / "results" / "learning_check_curves.png"
+    curves.parent.mkdir(exist_ok=True)
+    shutil.copyfile(work / "model" / "output" / "data" / "training_curves.png", curves)
+    body += f"\n\n![learning curves](benchmarks/results/{curves.name})"
     print(body)
     write_section("learning-check", body)
 

@@ -24,6 +24,7 @@ PROTOBUF_TYPES = ["application/x-recordio-protobuf", "application/x-protobuf"]
 @pytest.fixture(scope="module")
 def server(trained_model_dir):
     srv = Server(trained_model_dir, workers=2).start()
+    srv.initial_workers = sorted(srv.worker_pids())
     yield srv
     srv.stop()
 
@@ -275,3 +276,10 @@ def test_gluonseg_transform_writes_what_invocations_returns(server, trained_mode
         expected = post(server, data, accept=accept).content
         assert (out / (name + ".out")).read_bytes() == expected, name
     assert not (out / "broken.jpg.out").exists()
+
+
+def test_no_worker_died_during_the_bad_requests_above(server):
+    # Runs last in this module: every bad body, header and size above went to these same workers.
+    assert len(server.initial_workers) == 2
+    assert sorted(server.worker_pids()) == server.initial_workers
+    assert "Worker exiting" not in server.output() and "WORKER TIMEOUT" not in server.output()

@@ -1,0 +1,99 @@
+"""Server settings from SageMaker's environment, and the Flask layer with a stub-free handler."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gluonseg.errors import ClientError
+from serve.app import create_app
+from serve.handler import SegmentationHandler
+from serve.settings import ServerSettings, cpu_count
+
+ENV_NAMES = ["SAGEMAKER_BASE_DIR", "GLUONSEG_MODEL_DIR", "SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS",
+             "SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT", "SAGEMAKER_BIND_TO_PORT",
+             "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "SAGEMAKER_MAX_PAYLOAD_IN_MB", "SAGEMAKER_BATCH"]
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_defaults(clean_env):
+    s = ServerSettings.from_env()
+    assert str(s.model_dir) == "/opt/ml/model" and s.port == 8080 and s.timeout_s == 60
+    assert s.workers == cpu_count() and s.threads_per_worker * s.workers <= max(cpu_count(), s.workers)
+    assert s.default_accept == "image/png" and s.max_payload_mb == 6 and not s.batch
+
+
+def test_sagemaker_variables_and_aliases(clean_env, tmp_path):
+    clean_env.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    clean_env.setenv("MODEL_SERVER_WORKERS", "3")
+    clean_env.setenv("MODEL_SERVER_TIMEOUT", "120")
+    clean_env.setenv("SAGEMAKER_BIND_TO_PORT", "9090")
+    clean_env.setenv("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/x-protobuf")
+    s = ServerSettings.from_env()
+    assert s.model_dir == tmp_path / "model" and s.workers == 3 and s.timeout_s == 120 and s.port == 9090
+    assert s.threads_per_worker == max(1, cpu_count() // 3)
+    assert s.default_accept == "application/x-protobuf"
+    clean_env.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "1")
+    clean_env.setenv("SAGEMAKER_MODEL_SERVER_TIMEOUT", "30")
+    s = ServerSettings.from_env()
+    assert s.workers == 1 and s.timeout_s == 30 and s.threads_per_worker == cpu_count()
+
+
+def test_batch_mode_allows_larger_payloads_up_to_100(clean_env):
+    clean_env.setenv("SAGEMAKER_BATCH", "True")
+    clean_env.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "50")
+    s = ServerSettings.from_env()
+    assert s.batch and s.max_payload_mb == 50 and s.max_payload_bytes == 50 * 1024 * 1024
+    clean_env.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "500")
+    assert ServerSettings.from_env().max_payload_mb == 100
+    clean_env.setenv("SAGEMAKER_BATCH", "TRUE")
+    assert ServerSettings.from_env().batch
+
+
+def test_bad_values_are_named(clean_env):
+    clean_env.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "many")
+    with pytest.raises(ClientError, match="SAGEMAKER_MODEL_SERVER_WORKERS must be an integer"):
+        ServerSettings.from_env()
+
+
+def test_flask_layer_default_accept_override_and_batch_limits(trained_model_dir):
+    handler = SegmentationHandler()
+    settings = ServerSettings(model_dir=trained_model_dir, workers=3, default_accept="application/x-protobuf",
+                              max_payload_mb=1, batch=True)
+    client = create_app(settings, handler).test_client()
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(buf, "JPEG")
+    r = client.post("/invocations", data=buf.getvalue(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/x-protobuf"
+    r = client.post("/invocations", data=buf.getvalue(), headers={"Content-Type": "image/jpeg", "Accept": "*/*"})
+    assert r.headers["Content-Type"] == "application/x-protobuf"
+    assert client.get("/execution-parameters").json == {"MaxConcurrentTransforms": 3,
+                                                         "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 1}
+    r = client.post("/invocations", data=b"x" * (1024 * 1024 + 1), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 413
+    assert client.get("/nope").status_code == 404 and "error" in client.get("/nope").json
+    assert client.get("/invocations").status_code == 405
+
+
+def test_internal_faults_are_500_with_a_request_id(trained_model_dir, caplog):
+    handler = SegmentationHandler()
+    client = create_app(ServerSettings(model_dir=trained_model_dir), handler).test_client()
+
+    def broken(requests):
+        raise RuntimeError("boom")
+
+    handler.inference = broken
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, "PNG")
+    r = client.post("/invocations", data=buf.getvalue(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 500
+    request_id = r.json["error"].split("request id ")[1].rstrip(")")
+    assert request_id in caplog.text and "boom" in caplog.text
+    assert "boom" not in r.json["error"] and "Traceback" not in r.json["error"]
