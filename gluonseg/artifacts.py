@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gluonseg.archives import safe_extract
-from gluonseg.errors import ClientError
+from gluonseg.errors import AlgorithmError, ClientError
 from gluonseg.hyperparameters import Hyperparameters, parse, typed_for_json
 
 log = logging.getLogger(__name__)
@@ -179,10 +179,20 @@ def check_compatible(previous: Hyperparameters, current: Hyperparameters) -> Non
 def finalize_model_dir(
     folder: Path, hp: Hyperparameters, best_params: Path, last_params: Path, meta: dict[str, Any]
 ) -> None:
-    """Write the model folder from the trainer's best and last parameter files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best_params, folder / BEST_PARAMS)
-    shutil.copyfile(last_params, folder / LAST_PARAMS)
-    export_symbol(folder, hp, folder / BEST_PARAMS)
-    write_hyperparams(folder, hp, meta)
+    """Write the model folder from the trainer's best and last parameter files.
+
+    The parameters stay in the checkpoint folder, so a failure here loses no training: fix the cause
+    and rerun the job, which finds the finished checkpoint and only writes the model folder.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best_params, folder / BEST_PARAMS)
+        shutil.copyfile(last_params, folder / LAST_PARAMS)
+        export_symbol(folder, hp, folder / BEST_PARAMS)
+        write_hyperparams(folder, hp, meta)
+    except OSError as exc:
+        raise AlgorithmError(
+            f"Cannot write the model folder {folder}: {exc.strerror or exc}; the trained parameters "
+            f"are kept in {best_params.parent}"
+        ) from None
     log.info("model written to %s", folder)

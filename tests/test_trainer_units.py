@@ -1,0 +1,57 @@
+import logging
+
+import mxnet as mx
+import pytest
+
+from gluonseg.data.inputs import resolve_inputs
+from gluonseg.environment import Environment
+from gluonseg.errors import ClientError
+from gluonseg.hyperparameters import parse
+from gluonseg.training.trainer import optimizer_settings, seed_from_env
+from tests.helpers import make_channels
+
+BASE = {"num_classes": "3", "num_training_samples": "3"}
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("sgd", {"momentum": 0.8, "wd": 0.001}),
+        ("nag", {"momentum": 0.8, "wd": 0.001}),
+        ("rmsprop", {"gamma1": 0.7, "gamma2": 0.6, "centered": True}),
+        ("adam", {}),
+        ("adagrad", {}),
+    ],
+)
+def test_each_optimizer_gets_the_hyperparameters_the_docs_assign_it(name, expected):
+    hp = parse(
+        {**BASE, "optimizer": name, "momentum": "0.8", "weight_decay": "0.001", "gamma1": "0.7", "gamma2": "0.6"}
+    )
+    opt, args = optimizer_settings(hp)
+    assert opt == name and args == expected
+    # MXNet accepts exactly these arguments and keeps them.
+    p = mx.gluon.Parameter("w", shape=(2,))
+    p.initialize(ctx=mx.cpu())
+    trainer = mx.gluon.Trainer([p], opt, {"learning_rate": 0.1, **args})
+    for key, value in args.items():
+        attr = {"wd": "wd"}.get(key, key)
+        assert getattr(trainer._optimizer, attr) == value
+
+
+def test_num_training_samples_mismatch_warns_and_uses_the_real_count(tmp_path, caplog):
+    make_channels(tmp_path / "input" / "data", n_train=3, n_val=2)
+    hp = parse({"num_classes": "3", "num_training_samples": "1464"})
+    with caplog.at_level(logging.WARNING):
+        inputs = resolve_inputs(Environment(tmp_path), hp)
+    assert inputs.num_training_samples == 3
+    assert "num_training_samples=1464 but the train channel holds 3 images; using 3" in caplog.text
+
+
+def test_seed_from_env(monkeypatch):
+    monkeypatch.delenv("GLUONSEG_SEED", raising=False)
+    assert seed_from_env() is None
+    monkeypatch.setenv("GLUONSEG_SEED", "42")
+    assert seed_from_env() == 42
+    monkeypatch.setenv("GLUONSEG_SEED", "x")
+    with pytest.raises(ClientError, match="GLUONSEG_SEED must be an integer"):
+        seed_from_env()
