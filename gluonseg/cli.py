@@ -108,6 +108,27 @@ def _cmd_transform(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from gluonseg.evaluate import evaluate_folder, format_report
+
+    report = evaluate_folder(args.model_dir, args.images, args.masks, label_map_file=args.label_map, out=args.out)
+    print(format_report(report))
+    if args.out:
+        print(f"wrote {args.out / 'report.json'} and {args.out / 'confusion_matrix.png'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from gluonseg.visualize import predict_files
+
+    results = predict_files(args.model_dir, args.images, args.out, alpha=args.alpha)
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} of {len(results)} image(s) predicted into {args.out}")
+    for r in failed:
+        print(f"FAILED {r.source}: {r.reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gluonseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--content-type", default="image/jpeg", help="the request Content-Type (default image/jpeg)")
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
     p.set_defaults(func=_cmd_transform)
+
+    p = sub.add_parser("evaluate", help="pixel accuracy, mIOU and per-class IoU of a model on images + masks")
+    p.add_argument("--model-dir", type=Path, required=True, help="a model folder")
+    p.add_argument("--images", type=Path, required=True, help="folder of images (like the validation channel)")
+    p.add_argument("--masks", type=Path, required=True, help="folder of PNG masks, same base names as the images")
+    p.add_argument("--label-map", type=Path, help='a label map JSON file ({"scale": N} or {"map": {...}})')
+    p.add_argument("--out", type=Path, help="folder for report.json and confusion_matrix.png (default: print only)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="X_mask.png and X_overlay.png (colours + legend) for each image")
+    p.add_argument("--model-dir", type=Path, required=True, help="a model folder")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="JPEG or PNG pictures")
+    p.add_argument("--out", type=Path, required=True, help="folder for the masks and overlays")
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours in the overlay (default 0.5)")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

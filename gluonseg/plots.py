@@ -1,4 +1,4 @@
-"""Pictures for people: training curves (and, later, confusion matrices and overlays)."""
+"""Pictures for people: training curves and confusion matrices (mask overlays: gluonseg/visualize.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,56 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     ax_score.set_xlabel("epoch")
     ax_score.set_ylim(0, 1)
     ax_score.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_confusion_matrix(matrix: Any, class_names: list[str], path: Path, title: str | None = None) -> None:
+    """A confusion matrix (rows: ground truth, columns: prediction) as one PNG, each row scaled to sum 1.
+
+    Row normalisation makes each row read as "where did the pixels of this class go", so rare classes
+    are as visible as the background. A class with no labelled pixel keeps an all-zero row. Cells carry
+    their fraction as text while the matrix is small enough to read it (up to 25 classes).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=np.float64)
+    n = counts.shape[0]
+    if counts.shape != (n, n) or len(class_names) != n:
+        raise ValueError(f"a {counts.shape} matrix does not fit {len(class_names)} class names")
+    totals = counts.sum(axis=1, keepdims=True)
+    fractions = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+    side = min(4 + 0.45 * n, 24)  # inches: room for the labels, capped for 255-class models
+    fig, ax = plt.subplots(figsize=(side, side * 0.85))
+    shown = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class's pixels")
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(class_names, rotation=45, ha="right")
+    ax.set_yticklabels(class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title)
+    if n <= 25:
+        for row in range(n):
+            for col in range(n):
+                value = fractions[row, col]
+                ax.text(
+                    col,
+                    row,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if value > 0.5 else "black",
+                )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -86,3 +86,32 @@ def test_cli_make_dataset_then_train_rejects_bad_overrides(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "'crop_size' hyperparameter" in proc.stderr
+
+
+def test_readme_plain_mxnet_snippet_runs_on_a_trained_model(trained_model_dir):
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- plain-mxnet:start -->")[1].split("<!-- plain-mxnet:end -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    namespace = {"MODEL_DIR": str(trained_model_dir)}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own snippet, run as a user would
+    mask = namespace["mask"]
+    crop = json.loads((trained_model_dir / "hyperparams.json").read_text())["_gluonseg"]["crop_size"]
+    assert mask.shape == (crop, crop) and mask.max() < 4
+
+
+def test_every_cli_command_in_the_readme_has_help():
+    readme = (REPO / "README.md").read_text()
+    commands = sorted({line.split()[1] for line in readme.splitlines() if line.startswith("gluonseg ")})
+    assert {
+        "make-dataset",
+        "prepare-voc",
+        "hyperparameters",
+        "train",
+        "evaluate",
+        "predict",
+        "serve",
+        "transform",
+    } <= set(commands)
+    for command in commands:
+        proc = subprocess.run([GLUONSEG, command, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage: gluonseg " + command in proc.stdout

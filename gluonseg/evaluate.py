@@ -1,0 +1,171 @@
+"""`gluonseg evaluate`: score a model folder on a folder of images and masks, as a person would check it.
+
+The numbers are the training job's (`validation:pixel_accuracy`, `validation:mIOU`: one confusion
+matrix summed over every pixel of every image, gluonseg.metrics), but every image goes whole through
+the Predictor, the code path behind the server and batch transform. So this is what the deployed
+model scores, not what the last validation pass measured on centre crops.
+
+Data rules are training's: images pair with masks by relative base name (`pair_channel`), every mask
+is scanned before the model is loaded (`scan_masks`: unreadable files, sizes, values outside the
+classes after the label map, all named at once), and images are read on their stored pixel grid
+(EXIF orientation not applied), since that is the grid the masks are drawn on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from gluonseg.data.channels import Sample, pair_channel, scan_masks
+from gluonseg.data.images import load_image, load_mask
+from gluonseg.data.label_map import MAX_LABEL_MAP_BYTES, LabelMap, parse_label_map
+from gluonseg.environment import read_json_file
+from gluonseg.metrics import ConfusionMatrix
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.json"
+CONFUSION_PLOT_FILE = "confusion_matrix.png"
+
+T = TypeVar("T")
+
+
+def read_label_map_file(path: Path | None) -> LabelMap:
+    """The label map in a JSON file (`{"scale": N}` or `{"map": {...}}`); identity without one."""
+    if path is None:
+        return LabelMap.identity()
+    return parse_label_map(read_json_file(path, "label map", max_bytes=MAX_LABEL_MAP_BYTES), str(path))
+
+
+def with_progress(items: Iterable[T], total: int, desc: str, show_bar: bool | None = None) -> Iterator[T]:
+    """Yield `items` while reporting progress: a tqdm bar on a terminal, else a log line about every 10%.
+
+    Log lines because a bar redrawn with carriage returns becomes one garbled line per refresh in
+    CloudWatch or a CI log. `show_bar=None` decides by whether stderr is a terminal.
+    """
+    show_bar = sys.stderr.isatty() if show_bar is None else show_bar
+    if show_bar:
+        from tqdm import tqdm
+
+        yield from tqdm(items, total=total, desc=desc, unit="image")
+        return
+    step = max(1, -(-total // 10))
+    start = time.perf_counter()
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        if done % step == 0 or done == total:
+            log.info(
+                "%s: %d/%d images (%.0f%%, %.1f s)",
+                desc,
+                done,
+                total,
+                100.0 * done / total,
+                time.perf_counter() - start,
+            )
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Class names as JSON keys: a repeated name gets its class id appended, so no class is lost."""
+    seen = {n for n in names if names.count(n) == 1}
+    return [n if n in seen else f"{n} ({i})" for i, n in enumerate(names)]
+
+
+def build_report(cm: ConfusionMatrix, class_names: list[str], model_dir: Path, images: int, seconds: float) -> dict:
+    """The JSON-ready summary of one evaluation; IoU is null for a class in neither masks nor predictions."""
+    iou = cm.iou_per_class()
+    keys = _unique_names(class_names)
+    return {
+        "model_dir": str(model_dir),
+        "images": images,
+        "labelled_pixels": cm.labelled_pixels,
+        "pixel_accuracy": cm.pixel_accuracy(),
+        "mIOU": cm.mean_iou(),
+        "mIOU_present_classes": None if np.isnan(cm.mean_iou_present()) else cm.mean_iou_present(),
+        "class_names": list(class_names),
+        "iou_per_class": {k: (None if np.isnan(v) else float(v)) for k, v in zip(keys, iou)},
+        "confusion_matrix": cm.matrix.tolist(),
+        "seconds": seconds,
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The terminal table: overall scores, then IoU and pixel counts per class."""
+    names = list(report["iou_per_class"])
+    matrix = np.asarray(report["confusion_matrix"], dtype=np.int64)
+    width = max([len("class")] + [len(n) for n in names])
+    lines = [
+        f"model       {report['model_dir']}",
+        f"images      {report['images']} ({report['labelled_pixels']} labelled pixels, {report['seconds']:.1f} s)",
+        f"pixel accuracy  {report['pixel_accuracy']:.4f}",
+        f"mIOU            {report['mIOU']:.4f}  (mean over all {len(names)} classes, absent ones counting 0)",
+        "",
+        f"{'id':>3}  {'class':<{width}}  {'IoU':>7}  {'true px':>10}  {'predicted px':>12}",
+    ]
+    for i, name in enumerate(names):
+        value = report["iou_per_class"][name]
+        iou = "    n/a" if value is None else f"{value:7.4f}"
+        lines.append(f"{i:>3}  {name:<{width}}  {iou}  {matrix[i].sum():>10}  {matrix[:, i].sum():>12}")
+    return "\n".join(lines)
+
+
+def _score(predictor: Any, samples: list[Sample], label_map: LabelMap, progress: bool | None) -> ConfusionMatrix:
+    cm = ConfusionMatrix(predictor.num_classes)
+    for sample in with_progress(samples, len(samples), "evaluate", progress):
+        image = load_image(sample.image_path, str(sample.image_path), apply_exif=False)
+        label = label_map.apply(load_mask(sample.mask_path, str(sample.mask_path)))
+        cm.update(predictor.predict(image).mask, label)
+    return cm
+
+
+def evaluate_folder(
+    model_dir: Path,
+    images: Path,
+    masks: Path,
+    label_map_file: Path | None = None,
+    out: Path | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Score the model in `model_dir` on every image/mask pair; returns the report (see `build_report`).
+
+    With `out`, writes OUT/report.json and OUT/confusion_matrix.png. `progress`: True for a tqdm bar,
+    False for log lines, None to decide by whether stderr is a terminal. Bad data raises ClientError
+    naming the files, before the model is loaded.
+    """
+    import json
+
+    from gluonseg.artifacts import read_model_dir
+    from gluonseg.inference import Predictor
+
+    model_dir, images, masks = Path(model_dir), Path(images), Path(masks)
+    artifact = read_model_dir(model_dir)  # cheap: the class count for the scan, before the network loads
+    label_map = read_label_map_file(label_map_file)
+    samples = pair_channel(images, masks)
+    scan_masks(samples, label_map, artifact.num_classes, masks.name)
+    log.info("evaluating %s on %d image(s) from %s", model_dir, len(samples), images)
+
+    start = time.perf_counter()
+    predictor = Predictor.from_model_dir(model_dir)
+    cm = _score(predictor, samples, label_map, progress)
+    report = build_report(cm, predictor.class_names, model_dir, len(samples), time.perf_counter() - start)
+    if out is not None:
+        from gluonseg.plots import plot_confusion_matrix
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / REPORT_FILE).write_text(json.dumps(report, indent=1))
+        plot_confusion_matrix(
+            cm.matrix,
+            list(report["iou_per_class"]),
+            out / CONFUSION_PLOT_FILE,
+            title=f"{model_dir.name}: pixel accuracy {report['pixel_accuracy']:.3f}, mIOU {report['mIOU']:.3f}",
+        )
+        log.info("wrote %s and %s", out / REPORT_FILE, out / CONFUSION_PLOT_FILE)
+    return report
