@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     data, model = out / "data", out / "model"
+    # A rerun trains afresh (a finished checkpoint would otherwise be reused and the summary's
+    # training time would describe nothing); the dataset is deterministic and simply rewritten.
+    for stale in (model, out / "evaluation", out / "pictures", out / "transform"):
+        shutil.rmtree(stale, ignore_errors=True)
     started = time.perf_counter()
 
     step("1. generate a dataset in the SageMaker channel layout")
