@@ -27,7 +27,7 @@ from PIL import Image
 
 GLUONSEG = str(Path(sys.executable).parent / "gluonseg")
 
-FULL = {"classes": 5, "train": 48, "validation": 12, "size": 160, "crop": 96, "epochs": 6}
+FULL = {"classes": 5, "train": 64, "validation": 12, "size": 160, "crop": 96, "epochs": 10}
 QUICK = {"classes": 4, "train": 8, "validation": 4, "size": 64, "crop": 64, "epochs": 1}
 
 
