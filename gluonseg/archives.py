@@ -1,12 +1,17 @@
 """Safe extraction of tar archives we are handed (model channel, model.tar.gz).
 
-tarfile.extractall trusts member names; these archives come from users, so every member is checked:
-no absolute paths, no `..`, no links, no devices or FIFOs, and a bound on the total size.
+tarfile.extractall trusts member names; these archives come from users, so every member is checked
+before anything is written: no absolute paths, no `..`, no links, no devices or FIFOs, no path that is
+both a file and a folder, and bounds on the member count and the total size. Files are written with
+default permissions (no setuid bits, no owners from the archive).
 """
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from gluonseg.errors import ClientError
@@ -26,25 +31,51 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> PurePosixPath | Non
         raise ClientError(f"{archive}: member '{member.name}' is a link; refusing to extract")
     if member.isdev() or member.isfifo() or not (member.isfile() or member.isdir()):
         raise ClientError(f"{archive}: member '{member.name}' is not a regular file or folder; refusing to extract")
+    if member.size < 0:  # only a crafted header says so (CVE-2025-8194 loops tarfile on such offsets)
+        raise ClientError(f"{archive}: member '{member.name}' declares a negative size; refusing to extract")
     parts = [p for p in name.parts if p not in ("", ".")]
     return PurePosixPath(*parts) if parts else None
 
 
-def safe_extract(archive: Path, dest: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> list[Path]:
-    """Extract regular files and folders of `archive` into `dest`; return the files written."""
+def _check_shape(rel: PurePosixPath, is_dir: bool, files: set, folders: set, member: str, archive: Path) -> None:
+    """Refuse a path that is a file in one member and a folder in another (else an OSError mid-write)."""
+    parents = {p for p in rel.parents if p != PurePosixPath(".")}
+    if (is_dir and rel in files) or (not is_dir and rel in folders) or parents & files:
+        raise ClientError(
+            f"{archive}: member '{member}' is both a file and a folder in the archive; refusing to extract"
+        )
+    folders.update(parents)
+    (folders if is_dir else files).add(rel)
+
+
+def safe_extract(
+    archive: Path, dest: Path, max_bytes: int = MAX_ARCHIVE_BYTES, max_members: int = MAX_MEMBERS
+) -> list[Path]:
+    """Extract regular files and folders of `archive` into `dest`; return the files written.
+
+    Every member is checked before `dest` is created, so a refused archive writes nothing.
+    """
     written: list[Path] = []
     total = 0
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = []
+            files: set[PurePosixPath] = set()
+            folders: set[PurePosixPath] = set()
             for count, member in enumerate(tar, start=1):
-                if count > MAX_MEMBERS:
-                    raise ClientError(f"{archive}: more than {MAX_MEMBERS} members; refusing to extract")
+                if count > max_members:
+                    raise ClientError(
+                        f"{archive}: more than {max_members} members (at '{member.name}'); refusing to extract"
+                    )
                 rel = _check_member(member, archive)
                 total += max(member.size, 0)
                 if total > max_bytes:
-                    raise ClientError(f"{archive}: members add up to more than {max_bytes} bytes; refusing to extract")
+                    raise ClientError(
+                        f"{archive}: members add up to more than {max_bytes} bytes (at '{member.name}', "
+                        f"{member.size} bytes); refusing to extract"
+                    )
                 if rel is not None:
+                    _check_shape(rel, member.isdir(), files, folders, member.name, archive)
                     members.append((member, rel))
             dest.mkdir(parents=True, exist_ok=True)
             for member, rel in members:
@@ -60,7 +91,7 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int = MAX_ARCHIVE_BYTES) 
                     while chunk := source.read(1 << 20):
                         out.write(chunk)
                 written.append(target)
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, gzip.BadGzipFile, zlib.error, lzma.LZMAError) as exc:
         raise ClientError(f"{archive}: not a readable tar archive ({exc})") from None
     except EOFError:
         raise ClientError(f"{archive}: the archive is truncated") from None

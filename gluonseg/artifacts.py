@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gluonseg.archives import safe_extract
+from gluonseg.environment import read_json_file
 from gluonseg.errors import AlgorithmError, ClientError
 from gluonseg.hyperparameters import Hyperparameters, parse, typed_for_json
 
@@ -126,10 +127,7 @@ def read_model_dir(folder: Path) -> ModelArtifact:
     path = folder / HYPERPARAMS_FILE
     if not path.exists():
         raise ClientError(f"{folder} is not a model folder: {HYPERPARAMS_FILE} is missing")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ClientError(f"{path} is not valid JSON: {exc}") from None
+    data = read_json_file(path, "model hyperparameters file")
     if not isinstance(data, dict):
         raise ClientError(f"{path} must hold a JSON object")
     meta = data.pop(META_KEY, {}) or {}
@@ -157,8 +155,12 @@ def open_model_source(source: Path, workdir: Path | None = None) -> ModelArtifac
     if not archive.exists():
         raise ClientError(f"No model at {source}")
     dest = Path(tempfile.mkdtemp(prefix="gluonseg-model-", dir=workdir))
-    safe_extract(archive, dest)
-    return read_model_dir(dest)
+    try:
+        safe_extract(archive, dest)
+        return read_model_dir(dest)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
 
 
 def check_compatible(previous: Hyperparameters, current: Hyperparameters) -> None:

@@ -66,6 +66,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raw.update({k: str(v) for k, v in data.items()})
     raw.update(parse_key_values(args.overrides))
     args.model_dir.mkdir(parents=True, exist_ok=True)
+    if args.hosts > 1:
+        from gluonseg.training.launch_local import run_local_cluster
+
+        return run_local_cluster(
+            args.hosts,
+            args.data,
+            args.model_dir,
+            raw,
+            checkpoint_dir=args.checkpoint_dir,
+            output_dir=args.output_dir,
+            distribution=args.distribution,
+        )
     output = args.output_dir or args.model_dir / "output"
     env = Environment(
         base_dir=args.model_dir / ".job",
@@ -157,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hyperparameters", type=Path, help="a JSON file of hyperparameters")
     p.add_argument("--checkpoint-dir", type=Path, help="checkpoints (default MODEL_DIR/checkpoints)")
     p.add_argument("--output-dir", type=Path, help="metric history, plots, failure (default MODEL_DIR/output)")
+    p.add_argument(
+        "--hosts",
+        type=int,
+        default=1,
+        help="simulate N hosts on this machine (ps-lite over 127.0.0.1), as N SageMaker instances",
+    )
+    p.add_argument(
+        "--distribution",
+        default="FullyReplicated",
+        choices=("FullyReplicated", "ShardedByS3Key"),
+        help="with --hosts: how the data is split between the simulated hosts",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="hyperparameters, e.g. num_classes=5 epochs=3")
     p.set_defaults(func=_cmd_train)
 

@@ -16,10 +16,32 @@ from gluonseg.errors import ClientError
 
 DEFAULT_BASE_DIR = "/opt/ml"
 MAX_CONFIG_BYTES = 1 << 20  # config JSON is small; a huge file is a mistake, not data
+MAX_JSON_DEPTH = 32  # SageMaker's config files nest 3 levels; label maps 2
 
 
-def read_json_file(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES) -> Any:
-    """Read a small JSON file, turning every way it can be broken into a ClientError naming it."""
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects/arrays nest more than `limit` levels; a loop, not recursion, so no depth can crash it."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def read_json_file(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Read a small JSON file, turning every way it can be broken into a ClientError naming it.
+
+    Bounded in bytes (checked on the bytes read, so a pipe or a growing file is bounded too) and in
+    nesting depth. Messages name the file and the limit, never its contents.
+    """
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -27,17 +49,27 @@ def read_json_file(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES) -> 
     if size > max_bytes:
         raise ClientError(f"{what} {path} is {size} bytes; the limit is {max_bytes} bytes")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ClientError(f"Cannot read {what} {path}: {exc}") from None
+        with open(path, "rb") as handle:
+            raw = handle.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            raise ClientError(f"{what} {path} is more than {max_bytes} bytes; the limit is {max_bytes} bytes")
+        text = raw.decode("utf-8")
+    except OSError as exc:
+        raise ClientError(f"Cannot read {what} {path}: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError as exc:
+        raise ClientError(f"Cannot read {what} {path}: not UTF-8 text (byte {exc.start})") from None
+    too_deep = f"{what} {path} is nested too deeply: more than {max_depth} levels of objects and arrays"
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ClientError(
             f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except RecursionError:
-        raise ClientError(f"{what} {path} is nested too deeply") from None
+        raise ClientError(too_deep) from None
+    if _nested_deeper_than(data, max_depth):
+        raise ClientError(too_deep)
+    return data
 
 
 @dataclass(frozen=True)

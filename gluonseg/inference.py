@@ -37,6 +37,9 @@ same float).
 Threads: a static-alloc CachedOp runs every call in the same preallocated memory, so one lock
 serialises the network call and the copy of its output to numpy; resizing and post-processing of
 concurrent requests run in parallel.
+
+Precision: `from_model_dir(..., precision='int8'|'bf16')` swaps the network for a oneDNN INT8 or BF16
+graph of the same input and output shape (gluonseg.quantization); everything around it is unchanged.
 """
 
 from __future__ import annotations
@@ -163,6 +166,29 @@ def _check_image(image: np.ndarray) -> None:
         raise ValueError(f"image must be at least 1x1, got shape {image.shape}")
 
 
+def network_canvas(image: np.ndarray, crop_size: int) -> tuple[np.ndarray, int, int]:
+    """Steps 1-2 of the module docstring: (normalised, padded (3, H', W') float32, resized h', resized w')."""
+    new_h, new_w = resized_size(image.shape[0], image.shape[1], crop_size)
+    if (new_h, new_w) != image.shape[:2]:
+        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    data = normalize(image)
+    canvas_h, canvas_w = max(new_h, crop_size), max(new_w, crop_size)
+    if (canvas_h, canvas_w) != (new_h, new_w):
+        data = np.pad(data, ((0, 0), (0, canvas_h - new_h), (0, canvas_w - new_w)))
+    return data, new_h, new_w
+
+
+def network_tiles(image: np.ndarray, crop_size: int) -> list[np.ndarray]:
+    """The (3, crop, crop) float32 tiles the network sees for `image`: INT8 calibration uses exactly these."""
+    _check_image(image)
+    data, _, _ = network_canvas(image, crop_size)
+    return [
+        np.ascontiguousarray(data[:, y : y + crop_size, x : x + crop_size])
+        for y in tile_starts(data.shape[1], crop_size)
+        for x in tile_starts(data.shape[2], crop_size)
+    ]
+
+
 class Predictor:
     """A hybridized network that segments images of any size (see the module docstring for the method)."""
 
@@ -175,6 +201,7 @@ class Predictor:
         class_names: list[str] | None = None,
         palette: list[int] | None = None,
         algorithm: str | None = None,
+        precision: str = "fp32",
     ) -> None:
         from gluonseg.palette import class_names as default_names
         from gluonseg.palette import voc_palette
@@ -186,6 +213,7 @@ class Predictor:
         self._class_names = list(class_names) if class_names else default_names(self._num_classes)
         self._palette = list(palette) if palette else voc_palette()
         self.algorithm = algorithm
+        self.precision = precision  # what the network runs in: 'fp32', 'int8' or 'bf16'
         self._lock = threading.Lock()
         net.hybridize(static_alloc=True, static_shape=True)
         # Trace and plan memory now, so the first request is not the slow one.
@@ -211,31 +239,41 @@ class Predictor:
         return cls(net, num_classes, crop_size, ctx, class_names, palette, algorithm)
 
     @classmethod
-    def from_model_dir(cls, folder: Path, ctx: mx.Context | None = None) -> Predictor:
-        """Load a model folder (gluonseg.artifacts format); the aux head in the file is dropped."""
+    def from_model_dir(
+        cls,
+        folder: Path,
+        ctx: mx.Context | None = None,
+        precision: str = "fp32",
+        calibration_dir: Path | None = None,
+        calibration_images: int | None = None,
+    ) -> Predictor:
+        """Load a model folder (gluonseg.artifacts format); the aux head in the file is dropped.
+
+        precision: 'fp32' (default), 'int8' or 'bf16' (oneDNN, CPU); see gluonseg.quantization for where
+        INT8 comes from (the exported model-int8-* files, else calibration on `calibration_dir`'s images)
+        and when a precision falls back to fp32. `predictor.precision` says what was used.
+        """
         from gluonseg.artifacts import read_model_dir
-        from gluonseg.models import load_trained_network
+        from gluonseg.quantization import DEFAULT_CALIBRATION_IMAGES, network_for_precision
 
         artifact = read_model_dir(Path(folder))
         hp = artifact.hp
         ctx = ctx or mx.cpu()
-        net = load_trained_network(
-            artifact.params_path,
-            hp.algorithm,
-            hp.backbone,
-            artifact.num_classes,
-            hp.crop_size,
-            hp.base_size,
-            ctx=ctx,
-            aux=False,
+        net, used = network_for_precision(
+            artifact,
+            precision,
+            ctx,
+            calibration_dir=calibration_dir,
+            calibration_images=calibration_images or DEFAULT_CALIBRATION_IMAGES,
         )
         log.info(
-            "loaded %s (%s on %s, %d classes, crop %d)",
+            "loaded %s (%s on %s, %d classes, crop %d, %s)",
             artifact.params_path,
             hp.algorithm,
             hp.backbone,
             artifact.num_classes,
             hp.crop_size,
+            used,
         )
         return cls(
             net,
@@ -245,6 +283,7 @@ class Predictor:
             artifact.class_names,
             artifact.meta.get("palette"),
             hp.algorithm,
+            precision=used,
         )
 
     # -- properties
@@ -287,13 +326,8 @@ class Predictor:
         """Tile-averaged logits (C, h', w') at the resized resolution (padding removed)."""
         _check_image(image)
         crop = self._crop_size
-        new_h, new_w = resized_size(image.shape[0], image.shape[1], crop)
-        if (new_h, new_w) != image.shape[:2]:
-            image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-        data = normalize(image)
-        canvas_h, canvas_w = max(new_h, crop), max(new_w, crop)
-        if (canvas_h, canvas_w) != (new_h, new_w):
-            data = np.pad(data, ((0, 0), (0, canvas_h - new_h), (0, canvas_w - new_w)))
+        data, new_h, new_w = network_canvas(image, crop)
+        canvas_h, canvas_w = data.shape[1:]
         total = np.zeros((self._num_classes, canvas_h, canvas_w), dtype=np.float32)
         ys, xs = tile_starts(canvas_h, crop), tile_starts(canvas_w, crop)
         for y in ys:
@@ -317,5 +351,7 @@ class Predictor:
             out: Any = self.net(mx.nd.array(tile[None], ctx=self.ctx, dtype=np.float32))
             if isinstance(out, list | tuple):
                 out = out[0]
+            if out.dtype != np.float32:  # a lower-precision graph may end in its own dtype
+                out = out.astype(np.float32)
             # Copy out while holding the lock: the static-alloc CachedOp may reuse this buffer next call.
             return out.asnumpy()[0]

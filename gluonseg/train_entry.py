@@ -23,7 +23,13 @@ def run_training_job(env: Environment) -> None:
     hp = parse(env.raw_hyperparameters())
     log.info("hyperparameters: %s", hp.to_dict())
     resources = env.resources()
-    inputs = resolve_inputs(env, hp)
+    if resources.is_multi_host:
+        from gluonseg.training import distributed
+
+        if not distributed.is_worker_process():
+            distributed.supervise(env, resources)  # starts this host's ps-lite roles, one of them this job's worker
+            return
+    inputs = resolve_inputs(env, hp, resources)
     from gluonseg.training.trainer import train  # heavy import only once the job is known to be valid
 
     train(hp, inputs, env, resources)

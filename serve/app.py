@@ -34,14 +34,22 @@ def _read_body(limit: int) -> bytes:
         )
     stream = request.stream
     chunks, total = [], 0
-    while True:
-        chunk = stream.read(min(1 << 20, limit + 1 - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+    try:
+        while True:
+            chunk = stream.read(min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+    except OSError as exc:
+        # gunicorn raises IOError subclasses for a malformed chunked body or a client that stops
+        # sending mid-body: the client's fault, so a 400 rather than a 500.
+        raise RequestError(
+            f"the request body could not be read ({type(exc).__name__}); "
+            "check its Transfer-Encoding: chunked framing or Content-Length"
+        ) from None
     return b"".join(chunks)
 
 
@@ -49,7 +57,14 @@ def create_app(settings: ServerSettings | None = None, handler: SegmentationHand
     settings = settings or ServerSettings.from_env()
     app = Flask("gluonseg")
     app.config["MAX_CONTENT_LENGTH"] = None  # we enforce the limit ourselves, with our message
-    context = Context(settings.model_dir, default_accept=settings.default_accept, max_pixels=settings.max_pixels)
+    app.debug = False  # Flask reads FLASK_DEBUG from the environment; a scoring server never runs in debug mode
+    context = Context(
+        settings.model_dir,
+        default_accept=settings.default_accept,
+        max_pixels=settings.max_pixels,
+        precision=settings.precision,
+        calibration_dir=settings.calibration_dir,
+    )
     handler = handler or SegmentationHandler()
     state = {"load_error": None}
     if not handler.initialized:

@@ -29,6 +29,8 @@ class Context:
     model_dir: Path
     default_accept: str = PNG
     max_pixels: int = DEFAULT_MAX_PIXELS
+    precision: str = "fp32"  # the network's precision, and where INT8 calibration images are
+    calibration_dir: Path | None = None
     request_headers: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -63,14 +65,19 @@ class SegmentationHandler:
 
         start = time.perf_counter()
         self.context = context
-        self.predictor = Predictor.from_model_dir(Path(context.system_properties["model_dir"]))
+        self.predictor = Predictor.from_model_dir(
+            Path(context.system_properties["model_dir"]),
+            precision=context.precision,
+            calibration_dir=context.calibration_dir,
+        )
         self.load_seconds = time.perf_counter() - start
         self.initialized = True
         log.info(
-            "model loaded from %s in %.1f s (%d classes)",
+            "model loaded from %s in %.1f s (%d classes, %s)",
             context.model_dir,
             self.load_seconds,
             self.predictor.num_classes,
+            self.predictor.precision,
         )
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[DecodedRequest]:

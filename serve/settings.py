@@ -13,6 +13,7 @@ DEFAULT_TIMEOUT_S = 60
 DEFAULT_MAX_PAYLOAD_MB = 6
 MAX_BATCH_PAYLOAD_MB = 100  # SageMaker's ceiling for MaxPayloadInMB
 DEFAULT_MAX_PIXELS = 36_000_000  # ~6000 x 6000; a JPEG under 6 MB can declare far more (decompression bombs)
+PRECISIONS = ("fp32", "int8", "bf16")  # as gluonseg.quantization.PRECISIONS
 
 
 def _env(*names: str) -> str | None:
@@ -35,6 +36,14 @@ def _int(value: str | None, name: str, default: int, low: int = 1) -> int:
     return number
 
 
+def _precision(value: str | None) -> str:
+    # Checked here, not with gluonseg.quantization's helper: the gunicorn master must not import MXNet.
+    precision = (value or "fp32").strip().lower()
+    if precision not in PRECISIONS:
+        raise ClientError(f"GLUONSEG_PRECISION must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    return precision
+
+
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -53,6 +62,8 @@ class ServerSettings:
     max_payload_mb: int = DEFAULT_MAX_PAYLOAD_MB
     max_pixels: int = DEFAULT_MAX_PIXELS
     batch: bool = False
+    precision: str = "fp32"  # GLUONSEG_PRECISION: fp32 | int8 | bf16 (gluonseg.quantization)
+    calibration_dir: Path | None = None  # GLUONSEG_CALIBRATION_DIR: images to calibrate INT8 at load
 
     @property
     def max_payload_bytes(self) -> int:
@@ -84,4 +95,6 @@ class ServerSettings:
             max_payload_mb=min(payload, MAX_BATCH_PAYLOAD_MB),
             max_pixels=_int(_env("GLUONSEG_MAX_PIXELS"), "GLUONSEG_MAX_PIXELS", DEFAULT_MAX_PIXELS),
             batch=batch,
+            precision=_precision(_env("GLUONSEG_PRECISION")),
+            calibration_dir=Path(calibration) if (calibration := _env("GLUONSEG_CALIBRATION_DIR")) else None,
         )

@@ -115,3 +115,34 @@ def test_every_cli_command_in_the_readme_has_help():
     for command in commands:
         proc = subprocess.run([GLUONSEG, command, "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage: gluonseg " + command in proc.stdout
+
+
+def test_cli_train_with_two_simulated_hosts_writes_one_model(tmp_path, generated_dataset):
+    model = tmp_path / "m"
+    proc = subprocess.run(
+        [
+            GLUONSEG,
+            "train",
+            "--hosts",
+            "2",
+            "--data",
+            str(generated_dataset),
+            "--model-dir",
+            str(model),
+            "num_classes=4",
+            "num_training_samples=8",
+            "use_pretrained_model=False",
+            "crop_size=64",
+            "base_size=72",
+            "epochs=1",
+            "mini_batch_size=4",
+            "validation_mini_batch_size=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "algo-1: ok" in proc.stdout and "algo-2: ok" in proc.stdout
+    assert (model / "model_best.params").exists() and (model / "model-symbol.json").exists()
+    assert not (model / ".hosts" / "algo-2" / "model").exists()

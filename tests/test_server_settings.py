@@ -11,9 +11,18 @@ from serve.app import create_app
 from serve.handler import SegmentationHandler
 from serve.settings import ServerSettings, cpu_count
 
-ENV_NAMES = ["SAGEMAKER_BASE_DIR", "GLUONSEG_MODEL_DIR", "SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS",
-             "SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT", "SAGEMAKER_BIND_TO_PORT",
-             "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "SAGEMAKER_MAX_PAYLOAD_IN_MB", "SAGEMAKER_BATCH"]
+ENV_NAMES = [
+    "SAGEMAKER_BASE_DIR",
+    "GLUONSEG_MODEL_DIR",
+    "SAGEMAKER_MODEL_SERVER_WORKERS",
+    "MODEL_SERVER_WORKERS",
+    "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+    "MODEL_SERVER_TIMEOUT",
+    "SAGEMAKER_BIND_TO_PORT",
+    "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
+    "SAGEMAKER_MAX_PAYLOAD_IN_MB",
+    "SAGEMAKER_BATCH",
+]
 
 
 @pytest.fixture
@@ -65,8 +74,9 @@ def test_bad_values_are_named(clean_env):
 
 def test_flask_layer_default_accept_override_and_batch_limits(trained_model_dir):
     handler = SegmentationHandler()
-    settings = ServerSettings(model_dir=trained_model_dir, workers=3, default_accept="application/x-protobuf",
-                              max_payload_mb=1, batch=True)
+    settings = ServerSettings(
+        model_dir=trained_model_dir, workers=3, default_accept="application/x-protobuf", max_payload_mb=1, batch=True
+    )
     client = create_app(settings, handler).test_client()
     buf = io.BytesIO()
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(buf, "JPEG")
@@ -74,8 +84,11 @@ def test_flask_layer_default_accept_override_and_batch_limits(trained_model_dir)
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/x-protobuf"
     r = client.post("/invocations", data=buf.getvalue(), headers={"Content-Type": "image/jpeg", "Accept": "*/*"})
     assert r.headers["Content-Type"] == "application/x-protobuf"
-    assert client.get("/execution-parameters").json == {"MaxConcurrentTransforms": 3,
-                                                         "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 1}
+    assert client.get("/execution-parameters").json == {
+        "MaxConcurrentTransforms": 3,
+        "BatchStrategy": "SINGLE_RECORD",
+        "MaxPayloadInMB": 1,
+    }
     r = client.post("/invocations", data=b"x" * (1024 * 1024 + 1), headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 413
     assert client.get("/nope").status_code == 404 and "error" in client.get("/nope").json

@@ -123,6 +123,9 @@ def decode_image(body: bytes, content_type: str, max_pixels: int = DEFAULT_MAX_P
     if fmt is None:
         raise RequestError(f"the request body is {_describe_other(body)}; send a JPEG or PNG image")
 
+    # Reset before open() too: with the flag on, the PNG header reader skips the CRC of ancillary
+    # chunks, so a worker's first request (just after `import gluoncv`) would be judged differently.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         img = Image.open(io.BytesIO(body), formats=[fmt])  # reads the header only
     except Image.DecompressionBombError as exc:  # PIL's own cap (~179 MP) fires inside open()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gluonseg.data.channels import SPLITS, Sample, pair_channel, required_channels_present, scan_masks
 from gluonseg.data.label_map import LabelMap, load_label_map
-from gluonseg.environment import ChannelConfig, Environment
+from gluonseg.environment import ChannelConfig, Environment, ResourceConfig
 from gluonseg.errors import ClientError
 from gluonseg.hyperparameters import Hyperparameters
 
@@ -40,9 +40,13 @@ def _channel_configs(env: Environment) -> dict[str, ChannelConfig]:
     return configs
 
 
-def resolve_inputs(env: Environment, hp: Hyperparameters) -> TrainingInputs:
-    """Find, pair and scan the training data; raise ClientError for anything wrong with it."""
+def resolve_inputs(env: Environment, hp: Hyperparameters, resources: ResourceConfig | None = None) -> TrainingInputs:
+    """Find, pair and scan the training data; raise ClientError for anything wrong with it.
+
+    With several hosts in `resources`, each host keeps its own share (gluonseg.training.distributed).
+    """
     configs = _channel_configs(env)
+    multi_host = resources is not None and resources.is_multi_host
     label_dir = env.channel_dir("label_map") if "label_map" in configs else None
     if label_dir is not None and not label_dir.is_dir():
         label_dir = None
@@ -51,6 +55,8 @@ def resolve_inputs(env: Environment, hp: Hyperparameters) -> TrainingInputs:
 
     pipe = [name for name in PIPE_CHANNELS if name in configs and configs[name].is_pipe]
     if pipe:
+        if multi_host:
+            raise ClientError("Pipe mode trains on a single instance; use File mode for a job with instance_count > 1")
         if set(pipe) != set(PIPE_CHANNELS):
             raise ClientError(
                 "Pipe mode needs both 'train' and 'validation' in Pipe mode (augmented manifests); "
@@ -69,7 +75,12 @@ def resolve_inputs(env: Environment, hp: Hyperparameters) -> TrainingInputs:
     samples: dict[str, list[Sample]] = {}
     for split, (image_channel, mask_channel) in SPLITS.items():
         start = time.perf_counter()
-        pairs = pair_channel(env.channel_dir(image_channel), env.channel_dir(mask_channel))
+        if multi_host and configs[image_channel].distribution == "ShardedByS3Key":
+            from gluonseg.training.distributed import pair_host_shard
+
+            pairs = pair_host_shard(env.channel_dir(image_channel), env.channel_dir(mask_channel))
+        else:
+            pairs = pair_channel(env.channel_dir(image_channel), env.channel_dir(mask_channel))
         result = scan_masks(pairs, maps[split], hp.num_classes, mask_channel)
         seconds = time.perf_counter() - start
         present = result.classes_present(hp.num_classes)
@@ -80,12 +91,24 @@ def resolve_inputs(env: Environment, hp: Hyperparameters) -> TrainingInputs:
         samples[split] = pairs
 
     count = len(samples["train"])
-    if hp.num_training_samples != count:
+    sharded = multi_host and configs["train"].distribution == "ShardedByS3Key"  # then a host sees only its share
+    if hp.num_training_samples != count and not sharded:
         log.warning(
             "num_training_samples=%d but the train channel holds %d images; using %d",
             hp.num_training_samples,
             count,
             count,
+        )
+    if multi_host:
+        from gluonseg.training.distributed import split_for_host
+
+        for split, (image_channel, _) in SPLITS.items():
+            samples[split] = split_for_host(samples[split], configs[image_channel].distribution, resources)
+        log.info(
+            "host %s: %d training and %d validation pairs are its share",
+            resources.current_host,
+            len(samples["train"]),
+            len(samples["validation"]),
         )
     return TrainingInputs(
         "file",
@@ -93,6 +116,6 @@ def resolve_inputs(env: Environment, hp: Hyperparameters) -> TrainingInputs:
         maps["validation"],
         samples["train"],
         samples["validation"],
-        num_training_samples=count,
+        num_training_samples=len(samples["train"]),
         model_channel=model_channel,
     )

@@ -11,10 +11,12 @@ absolute path, a '..' component, a link or a device anywhere in the archive refu
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import shutil
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,6 +31,10 @@ LIST_DIR = ("ImageSets", "Segmentation")
 IMAGE_DIR, MASK_DIR = "JPEGImages", "SegmentationClass"
 VOC_DIRS = ("ImageSets", IMAGE_DIR, MASK_DIR)
 MAX_LIST_BYTES = 16 << 20  # the real lists are ~20 KB; anything this big is not a list
+# The real trainval tar is 2.0 GB in ~40,000 members; far past that is a mistake or an attack (it would
+# fill the disk, or memory with headers). Read when a tar is opened, so tests can lower them.
+MAX_TAR_BYTES = 8 << 30
+MAX_TAR_MEMBERS = 500_000
 
 
 def prepare_output_dirs(planned: dict[Path, set[str]]) -> None:
@@ -142,17 +148,31 @@ class _TarSource:
         self.path = path
         try:
             self.tar = tarfile.open(path, "r:*")
-        except (tarfile.TarError, OSError) as exc:
+        except (tarfile.TarError, OSError, zlib.error) as exc:
             raise ClientError(f"{path}: not a readable tar archive ({exc})") from None
         self.members: dict[str, tarfile.TarInfo] = {}
         self.lists: dict[str, bytes] = {}
         roots: set[tuple[str, ...]] = set()
+        total = 0
         try:
             # One pass over the headers; list files are read as they go by, so a compressed tar is not rewound.
-            for member in self.tar:
+            for count, member in enumerate(self.tar, start=1):
                 reason = _unsafe_reason(member)
                 if reason:
                     raise ClientError(f"{path}: refusing tar member {member.name!r} ({reason})")
+                if member.size < 0:  # only a crafted header says so (CVE-2025-8194 loops tarfile on such offsets)
+                    raise ClientError(f"{path}: refusing tar member {member.name!r} (negative size)")
+                total += member.size
+                if total > MAX_TAR_BYTES:
+                    raise ClientError(
+                        f"{path}: refusing tar member {member.name!r} ({member.size} bytes): the members add up to "
+                        f"more than {MAX_TAR_BYTES} bytes, far more than VOC 2012"
+                    )
+                if count > MAX_TAR_MEMBERS:
+                    raise ClientError(
+                        f"{path}: refusing tar member {member.name!r}: more than {MAX_TAR_MEMBERS} members, "
+                        "far more than VOC 2012"
+                    )
                 parts = PurePosixPath(member.name).parts
                 parts = parts[1:] if parts[:1] == (".",) else parts
                 name = "/".join(parts)
@@ -166,7 +186,7 @@ class _TarSource:
                         if member.size > MAX_LIST_BYTES:
                             raise ClientError(f"{path}: {member.name} is too large for a list of image ids")
                         self.lists[name] = self._read(member)
-        except tarfile.TarError as exc:
+        except (tarfile.TarError, OSError, zlib.error) as exc:
             raise ClientError(f"{path}: broken tar archive ({exc})") from None
         if not roots:
             raise ClientError(f"{path}: no VOC2012 folder (ImageSets/, JPEGImages/, SegmentationClass/) in the archive")
@@ -208,7 +228,7 @@ class _TarSource:
                         handle.seek(0)
                         with open(destination, "wb") as sink:
                             shutil.copyfileobj(handle, sink, 1 << 20)
-        except (tarfile.TarError, EOFError) as exc:
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise ClientError(f"{self.path}: broken tar archive ({exc})") from None
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gluonseg.errors import AlgorithmError
+from gluonseg.errors import AlgorithmError, ClientError
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,65 @@ def find_checkpoint(directory: Path) -> Path | None:
     return folder
 
 
+# MXNet pickles the optimizer state (Trainer.save_states). Before it is unpickled, every global the
+# stream would import is checked against this list without executing anything (pickletools only
+# parses), so a tampered checkpoint in the S3 prefix cannot run code in a resumed job.
+ALLOWED_GLOBALS = {
+    ("mxnet.ndarray.ndarray", "NDArray"),
+    ("builtins", "bytearray"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "object"),
+    ("copyreg", "_reconstructor"),
+    ("collections", "OrderedDict"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+}
+ALLOWED_MODULES = ("mxnet.optimizer.optimizer", "mxnet.lr_scheduler", "gluonseg.training.schedule")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+
+
+def pickle_globals(data: bytes) -> set[tuple[str, str]]:
+    """The (module, name) pairs a pickle stream would import, found by parsing it, never loading it."""
+    import pickletools
+
+    found: set[tuple[str, str]] = set()
+    strings: list[str] = []
+    memo: dict[int, str] = {}
+    for opcode, arg, _pos in pickletools.genops(data):
+        name = opcode.name
+        if name in _STRING_OPS:
+            strings.append(str(arg))
+        elif name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE") and strings:
+            memo[len(memo) if name == "MEMOIZE" else int(arg)] = strings[-1]
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            strings.append(memo.get(int(arg), ""))
+        elif name == "STACK_GLOBAL":
+            found.add((strings[-2] if len(strings) > 1 else "", strings[-1] if strings else ""))
+        elif name in ("GLOBAL", "INST"):
+            module, _, attr = str(arg).partition(" ")
+            found.add((module, attr))
+    return found
+
+
+def check_optimizer_state(path: Path) -> None:
+    try:
+        refs = pickle_globals(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ClientError(f"checkpoint optimizer state {path} is unreadable: {exc}") from None
+    bad = sorted(f"{m}.{n}" for m, n in refs if (m, n) not in ALLOWED_GLOBALS and not m.startswith(ALLOWED_MODULES))
+    if bad:
+        raise ClientError(
+            f"checkpoint optimizer state {path} refers to {', '.join(bad)}, which a gluonseg "
+            "checkpoint never does; refusing to load it (remove the checkpoint folder to start afresh)"
+        )
+
+
 def load_checkpoint(folder: Path, net: Any, trainer: Any, ctx: Any) -> dict[str, Any]:
     """Restore weights and optimizer state; return the saved state."""
     net.load_parameters(str(folder / "net.params"), ctx=ctx)
+    check_optimizer_state(folder / "trainer.states")
     trainer.load_states(str(folder / "trainer.states"))
     return json.loads((folder / "state.json").read_text())

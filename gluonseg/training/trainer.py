@@ -167,9 +167,12 @@ def _make_loaders(hp, inputs: TrainingInputs, seed):
 
 
 def _train_one_epoch(
-    net, trainer, loss_fn, batches: Iterable, ctxs, stop: StopRequest, epoch: int, total_iters: int
+    net, trainer, loss_fn, batches: Iterable, ctxs, stop: StopRequest, epoch: int, total_iters: int, workers: int = 1
 ) -> tuple[float, int, float, bool]:
-    """Returns (mean loss, images, seconds, interrupted)."""
+    """Returns (mean loss, images, seconds, interrupted).
+
+    workers: hosts whose gradients the KVStore sums (multi-host jobs), so the step averages over all their images.
+    """
     loss_sum, images, steps = 0.0, 0, 0
     start = time.perf_counter()
     log_every = max(1, total_iters // 5)
@@ -181,7 +184,7 @@ def _train_one_epoch(
         with autograd.record():
             losses = [loss_fn(net(x), y) for x, y in zip(parts, labels)]
         autograd.backward(losses)
-        trainer.step(data.shape[0])
+        trainer.step(data.shape[0] * workers)
         batch_loss = sum(float(loss.sum().asscalar()) for loss in losses) / data.shape[0]
         if not math.isfinite(batch_loss):
             raise AlgorithmError(
@@ -238,6 +241,12 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
         log.info("reproducible mode: GLUONSEG_SEED=%d", seed)
     ctxs = contexts()
     log.info("devices: %s", ", ".join(str(c) for c in ctxs))
+    cluster = None  # multi-host jobs: the dist KVStore and its collective steps (gluonseg.training.distributed)
+    if resources.is_multi_host:
+        from gluonseg.training.distributed import Cluster
+
+        cluster = Cluster.connect(resources, mx.context.num_gpus())
+    primary = cluster is None or cluster.is_primary  # only the first host writes checkpoints and the model
     norm_layer, norm_kwargs = None, None
     if hp.syncbn:
         if len(ctxs) > 1:
@@ -268,12 +277,16 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
         net.load_parameters(str(previous.params_path), ctx=ctxs, allow_missing=False, ignore_extra=True)
 
     iters = iterations_per_epoch(inputs.num_training_samples, hp.mini_batch_size)
+    if cluster is not None:
+        iters = cluster.agree_iterations(len(inputs.train_samples), hp.mini_batch_size)
     opt_name, opt_args = optimizer_settings(hp)
     trainer = gluon.Trainer(
         net.collect_params(),
         opt_name,
         {"learning_rate": hp.learning_rate, "lr_scheduler": make_lr_scheduler(hp, iters), **opt_args},
-        kvstore="device" if len(ctxs) > 1 else None,
+        kvstore=cluster.kvstore if cluster is not None else "device" if len(ctxs) > 1 else None,
+        # Multi-host: servers only sum gradients and each worker runs the optimizer and its schedule itself.
+        update_on_kvstore=False if cluster is not None else None,
     )
     loss_fn = SegmentationLoss()
     early = EarlyStopping.from_hyperparameters(hp)
@@ -282,14 +295,18 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
     best_path = ckpt_dir / BEST_WORK_FILE
     last_path = ckpt_dir / "last.params"
     try:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if primary:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AlgorithmError(f"Cannot create the checkpoint folder {ckpt_dir}: {exc.strerror or exc}") from None
 
     finished = False
-    found = find_checkpoint(ckpt_dir)
+    if cluster is None:
+        found = find_checkpoint(ckpt_dir)
+        saved = load_checkpoint(found, net, trainer, ctxs) if found is not None else None
+    else:
+        found, saved = cluster.resume(ckpt_dir, net, trainer, ctxs)
     if found is not None:
-        saved = load_checkpoint(found, net, trainer, ctxs)
         early.load_state_dict(saved["early_stopping"])
         state = RunState(saved["epoch"], saved["history"], saved.get("seconds", 0.0))
         log.info("resuming from checkpoint %s: %d epoch(s) done", found, state.epoch_done + 1)
@@ -299,24 +316,31 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
 
     loaders = _make_loaders(hp, inputs, seed)
     host = resources.current_host
-    with StopRequest() as stop:
+    with cluster.stop_request() if cluster is not None else StopRequest() as stop:
         epoch = state.epoch_done + 1
         while epoch < hp.epochs and not finished:
             if seed is not None:
                 mx.random.seed(seed + epoch)
             batches = _batches_for_epoch(hp, inputs, env, epoch, loaders, seed, "train")
+            if cluster is not None:
+                batches = cluster.lockstep(batches, iters, stop)
             loss, n_images, seconds, interrupted = _train_one_epoch(
-                net, trainer, loss_fn, batches, ctxs, stop, epoch, iters
+                net, trainer, loss_fn, batches, ctxs, stop, epoch, iters, 1 if cluster is None else cluster.num_workers
             )
             if interrupted:
                 # Weights moved on during the partial epoch: keep them, but the epoch is redone on resume.
-                save_checkpoint(ckpt_dir, net, trainer, _state_dict(state, early))
+                if primary:
+                    save_checkpoint(ckpt_dir, net, trainer, _state_dict(state, early))
                 log.warning("stopped during epoch %d; checkpoint saved, the epoch restarts on resume", epoch)
                 raise Stopped()
+            if cluster is not None:
+                loss = cluster.finish_epoch(net, epoch, loss)
             val_batches = _batches_for_epoch(hp, inputs, env, epoch, loaders, seed, "validation")
             cm, val_seconds, val_images = evaluate(
                 net, val_batches, ctxs, hp.num_classes, whole_images=hp.validation_mini_batch_size == 1
             )
+            if cluster is not None:
+                cm = cluster.sum_confusion(cm)  # every worker sees the same mIOU and takes the same decisions
             record = {
                 "epoch": epoch,
                 "train_loss": loss,
@@ -340,9 +364,10 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
                 val_throughput=record["validation_throughput"],
             )
             should_stop = early.update(epoch, record["mIOU"])
-            if early.is_best:
+            if early.is_best and primary:
                 _save_params_atomically(net, best_path)
-            _save_params_atomically(net, last_path)
+            if primary:
+                _save_params_atomically(net, last_path)
             state.epoch_done = epoch
             if should_stop:
                 log.info(
@@ -354,13 +379,14 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
                 finished = True
             elif epoch == hp.epochs - 1:
                 finished = True
-            save_checkpoint(ckpt_dir, net, trainer, _state_dict(state, early, finished))
+            if primary:
+                save_checkpoint(ckpt_dir, net, trainer, _state_dict(state, early, finished))
             epoch += 1
             if stop.requested and not finished:
                 log.warning("stopped after epoch %d; checkpoint saved", state.epoch_done)
                 raise Stopped()
 
-    if not best_path.exists() or not last_path.exists():
+    if primary and (not best_path.exists() or not last_path.exists()):
         raise AlgorithmError(f"training ended without parameters in {ckpt_dir}")
     best = {"best_epoch": early.best_epoch, "best_mIOU": early.best_score, "epochs_run": state.epoch_done + 1}
     final = state.history[-1] if state.history else {}
@@ -371,10 +397,14 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
         pixel_accuracy=_best_record(state, early).get("pixel_accuracy"),
         miou=early.best_score,
     )
-    artifacts.finalize_model_dir(
-        env.model_dir, hp, best_path, last_path, {**best, "final_epoch_mIOU": final.get("mIOU")}
-    )
+    if primary:
+        artifacts.finalize_model_dir(
+            env.model_dir, hp, best_path, last_path, {**best, "final_epoch_mIOU": final.get("mIOU")}
+        )
     write_history(env, state.history)
+    if cluster is not None:
+        del trainer  # it holds the KVStore, which must be released for ps-lite's clean shutdown
+        cluster.close()
 
 
 def _best_record(state: RunState, early: EarlyStopping) -> dict[str, Any]:
