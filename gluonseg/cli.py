@@ -51,20 +51,26 @@ def parse_key_values(pairs: list[str]) -> dict[str, str]:
     return values
 
 
+def hyperparameters_from_args(hyperparameters_file: Path | None, overrides: list[str]) -> dict[str, str]:
+    """`--hyperparameters FILE.json` then `KEY=VALUE` overrides, as the strings SageMaker would send."""
+    from gluonseg.environment import read_json_file
+
+    raw: dict[str, str] = {}
+    if hyperparameters_file:
+        data = read_json_file(hyperparameters_file, "hyperparameters file")
+        if not isinstance(data, dict):
+            raise ClientError(f"hyperparameters file {hyperparameters_file} must hold a JSON object")
+        raw.update({k: str(v) for k, v in data.items()})
+    raw.update(parse_key_values(overrides))
+    return raw
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from gluonseg.environment import Environment
     from gluonseg.errors import run_reporting_failures
     from gluonseg.train_entry import run_training_job, run_until_stopped
 
-    raw: dict[str, str] = {}
-    if args.hyperparameters:
-        from gluonseg.environment import read_json_file
-
-        data = read_json_file(args.hyperparameters, "hyperparameters file")
-        if not isinstance(data, dict):
-            raise ClientError(f"hyperparameters file {args.hyperparameters} must hold a JSON object")
-        raw.update({k: str(v) for k, v in data.items()})
-    raw.update(parse_key_values(args.overrides))
+    raw = hyperparameters_from_args(args.hyperparameters, args.overrides)
     args.model_dir.mkdir(parents=True, exist_ok=True)
     if args.hosts > 1:
         from gluonseg.training.launch_local import run_local_cluster

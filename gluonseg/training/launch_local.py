@@ -344,19 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--host-process"]:
         return _host_process()
-    from gluonseg.cli import parse_key_values
-    from gluonseg.environment import read_json_file
+    from gluonseg.cli import hyperparameters_from_args
     from gluonseg.errors import GluonsegError
 
     args = build_parser().parse_args(argv)
     try:
-        raw: dict[str, str] = {}
-        if args.hyperparameters:
-            data = read_json_file(args.hyperparameters, "hyperparameters file")
-            if not isinstance(data, dict):
-                raise ClientError(f"hyperparameters file {args.hyperparameters} must hold a JSON object")
-            raw.update({k: str(v) for k, v in data.items()})
-        raw.update(parse_key_values(args.overrides))
+        raw = hyperparameters_from_args(args.hyperparameters, args.overrides)
         return run_local_cluster(
             args.hosts,
             args.data,
