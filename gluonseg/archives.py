@@ -1,9 +1,11 @@
 """Safe extraction of tar archives we are handed (model channel, model.tar.gz).
 
 tarfile.extractall trusts member names; these archives come from users, so every member is checked
-before anything is written: no absolute paths, no `..`, no links, no devices or FIFOs, no path that is
-both a file and a folder, and bounds on the member count and the total size. Files are written with
-default permissions (no setuid bits, no owners from the archive).
+before anything is written: no absolute paths, no `..`, no symbolic links, no devices or FIFOs, no path
+that is both a file and a folder, and bounds on the member count and the total size. A hard link is
+accepted only to a regular file earlier in the same archive (tar stores a model folder's second name
+for one parameter file that way), and is written as a link or copy inside the destination. Files are
+written with default permissions (no setuid bits, no owners from the archive).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from gluonseg.errors import ClientError
+from gluonseg.files import link_or_copy
 
 MAX_ARCHIVE_BYTES = 8 << 30  # a ResNet-101 model is ~0.5 GB; 8 GB is a mistake or an attack
 MAX_MEMBERS = 10_000
@@ -27,14 +30,28 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> PurePosixPath | Non
         raise ClientError(f"{archive}: member '{member.name}' has an absolute path; refusing to extract")
     if ".." in name.parts:
         raise ClientError(f"{archive}: member '{member.name}' leaves the folder ('..'); refusing to extract")
-    if member.issym() or member.islnk():
-        raise ClientError(f"{archive}: member '{member.name}' is a link; refusing to extract")
-    if member.isdev() or member.isfifo() or not (member.isfile() or member.isdir()):
+    if member.issym():
+        raise ClientError(f"{archive}: member '{member.name}' is a symbolic link; refusing to extract")
+    if member.isdev() or member.isfifo() or not (member.isfile() or member.isdir() or member.islnk()):
         raise ClientError(f"{archive}: member '{member.name}' is not a regular file or folder; refusing to extract")
     if member.size < 0:  # only a crafted header says so (CVE-2025-8194 loops tarfile on such offsets)
         raise ClientError(f"{archive}: member '{member.name}' declares a negative size; refusing to extract")
     parts = [p for p in name.parts if p not in ("", ".")]
     return PurePosixPath(*parts) if parts else None
+
+
+def _link_target(member: tarfile.TarInfo, archive: Path, regular: dict[PurePosixPath, int]) -> PurePosixPath:
+    """The earlier regular member a hard link names, or a refusal."""
+    link = PurePosixPath(member.linkname)
+    parts = [p for p in link.parts if p not in ("", ".")]
+    rel = PurePosixPath(*parts) if parts else None
+    escapes = member.linkname.startswith(("/", "\\")) or link.is_absolute() or ".." in link.parts
+    if escapes or rel not in regular:
+        raise ClientError(
+            f"{archive}: member '{member.name}' is a hard link to '{member.linkname}', which is not a file "
+            "earlier in the archive; refusing to extract"
+        )
+    return rel
 
 
 def _check_shape(rel: PurePosixPath, is_dir: bool, files: set, folders: set, member: str, archive: Path) -> None:
@@ -62,28 +79,39 @@ def safe_extract(
             members = []
             files: set[PurePosixPath] = set()
             folders: set[PurePosixPath] = set()
+            regular: dict[PurePosixPath, int] = {}  # file members so far -> size, for hard links
             for count, member in enumerate(tar, start=1):
                 if count > max_members:
                     raise ClientError(
                         f"{archive}: more than {max_members} members (at '{member.name}'); refusing to extract"
                     )
                 rel = _check_member(member, archive)
-                total += max(member.size, 0)
+                link_to = _link_target(member, archive, regular) if member.islnk() else None
+                # A link counts its file's size again: where links are refused it is written as a copy.
+                size = regular[link_to] if link_to is not None else max(member.size, 0)
+                total += size
                 if total > max_bytes:
                     raise ClientError(
                         f"{archive}: members add up to more than {max_bytes} bytes (at '{member.name}', "
-                        f"{member.size} bytes); refusing to extract"
+                        f"{size} bytes); refusing to extract"
                     )
                 if rel is not None:
                     _check_shape(rel, member.isdir(), files, folders, member.name, archive)
-                    members.append((member, rel))
+                    members.append((member, rel, link_to))
+                    if not member.isdir():
+                        regular[rel] = size
             dest.mkdir(parents=True, exist_ok=True)
-            for member, rel in members:
+            for member, rel, link_to in members:
                 target = dest.joinpath(*rel.parts)
                 if member.isdir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
+                target.unlink(missing_ok=True)  # a repeated name must not write through an earlier link
+                if link_to is not None:
+                    link_or_copy(dest.joinpath(*link_to.parts), target)
+                    written.append(target)
+                    continue
                 source = tar.extractfile(member)
                 if source is None:
                     continue

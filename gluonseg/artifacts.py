@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from typing import Any
 from gluonseg.archives import safe_extract
 from gluonseg.environment import read_json_file
 from gluonseg.errors import AlgorithmError, ClientError
+from gluonseg.files import link_or_copy
 from gluonseg.hyperparameters import Hyperparameters, parse, typed_for_json
 
 log = logging.getLogger(__name__)
@@ -163,6 +167,17 @@ def open_model_source(source: Path, workdir: Path | None = None) -> ModelArtifac
         raise
 
 
+@contextmanager
+def model_source(source: Path, workdir: Path | None = None) -> Iterator[ModelArtifact]:
+    """`open_model_source` for the length of a `with` block: an archive's extracted copy is removed after."""
+    artifact = open_model_source(source, workdir)
+    try:
+        yield artifact
+    finally:
+        if artifact.folder.resolve() != source.resolve():
+            shutil.rmtree(artifact.folder, ignore_errors=True)
+
+
 def check_compatible(previous: Hyperparameters, current: Hyperparameters) -> None:
     """Incremental training: the network's shape must be the same as in the earlier job."""
     mismatches = [
@@ -188,8 +203,10 @@ def finalize_model_dir(
     """
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(best_params, folder / BEST_PARAMS)
-        shutil.copyfile(last_params, folder / LAST_PARAMS)
+        link_or_copy(last_params, folder / LAST_PARAMS)
+        # When the last epoch was the best, both names hold one file (tar keeps the hard link).
+        same = os.path.samefile(best_params, last_params)
+        link_or_copy(folder / LAST_PARAMS if same else best_params, folder / BEST_PARAMS)
         export_symbol(folder, hp, folder / BEST_PARAMS)
         write_hyperparams(folder, hp, meta)
     except OSError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import stat
 import tarfile
 from pathlib import Path
@@ -82,7 +83,17 @@ def evil_cases(outside: Path) -> dict[str, list]:
         ],
         "symlink inside the folder": [ok, member("evil_inner_link", kind=tarfile.SYMTYPE, link="ok.txt")],
         "hard link leaving the folder": [ok, member("evil_hard", kind=tarfile.LNKTYPE, link="../../etc/passwd")],
-        "hard link inside the folder": [ok, member("evil_hard_in", kind=tarfile.LNKTYPE, link="ok.txt")],
+        "absolute hard link": [ok, member("evil_hard_abs", kind=tarfile.LNKTYPE, link="/etc/passwd")],
+        "hard link to a later member": [
+            ok,
+            member("evil_hard_ahead", kind=tarfile.LNKTYPE, link="later.txt"),
+            member("later.txt", b"x"),
+        ],
+        "hard link to a folder": [
+            ok,
+            member("dir", kind=tarfile.DIRTYPE),
+            member("evil_hard_dir", kind=tarfile.LNKTYPE, link="dir"),
+        ],
         "character device": [ok, member("evil_chr", kind=tarfile.CHRTYPE, devmajor=1, devminor=3)],
         "block device": [ok, member("evil_blk", kind=tarfile.BLKTYPE, devmajor=8, devminor=0)],
         "fifo": [ok, member("evil_fifo", kind=tarfile.FIFOTYPE)],
@@ -234,6 +245,27 @@ def test_a_normal_archive_extracts_without_special_bits(sandbox):
     assert (dest / "model" / "weights.params").read_bytes() == b"\x01\x02"
     assert not (dest / "model" / "weights.params").stat().st_mode & (stat.S_ISUID | stat.S_ISGID)
     assert files_under(sandbox["outside"]) == []
+
+
+def test_hard_links_to_earlier_files_extract_as_one_file_under_two_names(sandbox):
+    """What tar makes of a model folder whose model_best.params and model_algo-1 are one file."""
+    folder = sandbox["root"] / "model"
+    folder.mkdir()
+    (folder / "model_algo-1").write_bytes(b"weights" * 100)
+    (folder / "model_best.params").hardlink_to(folder / "model_algo-1")
+    archive = sandbox["root"] / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=".")
+    with tarfile.open(archive) as tar:
+        assert sum(m.islnk() for m in tar.getmembers()) == 1  # really stored as a link
+    dest = sandbox["dest"]
+    written = safe_extract(archive, dest)
+    assert sorted(p.name for p in written) == ["model_algo-1", "model_best.params"]
+    assert (dest / "model_best.params").read_bytes() == (dest / "model_algo-1").read_bytes() == b"weights" * 100
+    # The link's bytes count toward the size bound (where links fail it becomes a copy).
+    shutil.rmtree(dest)
+    with pytest.raises(ClientError, match="more than 1000 bytes"):
+        safe_extract(archive, dest, max_bytes=1000)
 
 
 # -- the model channel (incremental training): open_model_source -----------------------------

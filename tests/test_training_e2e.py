@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from gluoncv.model_zoo import FCN, DeepLabV3, PSPNet
 
 from gluonseg.artifacts import read_model_dir
+from gluonseg.training.checkpoint import best_params, find_checkpoint
 from gluonseg.training.metrics_log import load_metric_definitions
 from tests.e2e_jobs import TINY, TRAIN, job_tree, run_train, train_env
 
@@ -37,6 +39,13 @@ def check_job(base, proc, hp):
     history = json.loads((base / "output" / "data" / "metrics.json").read_text())
     assert [r["epoch"] for r in history] == list(range(int(hp["epochs"])))
     assert (base / "output" / "data" / "training_curves.png").stat().st_size > 1000
+    # Parameter files are hard links where one file serves several names (100s of MB each otherwise).
+    ckpt = find_checkpoint(base / "checkpoints")
+    best_epoch = meta["_gluonseg"]["best_epoch"]
+    assert max(history, key=lambda r: r["mIOU"])["mIOU"] == pytest.approx(history[best_epoch]["mIOU"])
+    assert os.path.samefile(model / "model_algo-1", ckpt / "net.params")
+    assert os.path.samefile(model / "model_best.params", best_params(ckpt))
+    assert os.path.samefile(model / "model_best.params", model / "model_algo-1") == (best_epoch == len(history) - 1)
     return history
 
 
@@ -128,9 +137,13 @@ def test_incremental_training_from_a_model_tarball_and_mismatch(tmp_path, datase
     second = job_tree(tmp_path / "second", dataset, {**TINY, "epochs": 1})
     (second / "input" / "data" / "model").mkdir()
     (second / "input" / "data" / "model" / "model.tar.gz").write_bytes(tarball.read_bytes())
-    proc = run_train(second)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = run_train(second, TMPDIR=str(scratch))
     check_job(second, proc, {**TINY, "epochs": 1})
     assert "incremental training from" in proc.stdout
+    # The archive's extracted copy is gone once the weights are loaded (multiprocessing leaves its pymp-*).
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("pymp-")] == []
 
     third = job_tree(tmp_path / "third", dataset, {**TINY, "epochs": 1, "crop_size": 72})
     (third / "input" / "data" / "model").mkdir()

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from gluonseg.training.checkpoint import best_params, find_checkpoint
+
 from tests.e2e_jobs import REPO, TINY, TRAIN, job_tree, run_train, train_env
 
 
@@ -71,7 +73,7 @@ def test_model_folder_that_cannot_be_written_keeps_the_trained_parameters(tmp_pa
     assert proc.returncode == 1
     failure = (base / "output" / "failure").read_text()
     assert failure.startswith(f"AlgorithmError: Cannot write the model folder {base / 'model'}")
-    assert (base / "checkpoints" / "best.params").exists()
+    assert best_params(find_checkpoint(base / "checkpoints")) is not None
     # Fix the cause and rerun: the finished checkpoint is found, nothing is trained again.
     (base / "model").unlink()
     (base / "output" / "failure").unlink()

@@ -1,9 +1,11 @@
 """Checkpoints in `/opt/ml/checkpoints` (synced to S3 by SageMaker), written so a kill at any moment
 leaves either the previous complete checkpoint or the new one, never a half-written one.
 
-Layout: `ckpt-<n>/` holds `net.params`, `trainer.states` and `state.json`; `latest.json` names the
-newest complete folder and is replaced atomically (os.replace) after the folder is fully written
-and fsynced. Older folders are pruned once the new pointer is in place.
+Layout: `ckpt-<n>/` holds `net.params`, `trainer.states`, `state.json` and `best.params` (the
+weights of the best epoch so far: a hard link to this or an earlier folder's file, so it costs no
+disk and is committed together with the rest); `latest.json` names the newest complete folder and
+is replaced atomically (os.replace) after the folder is fully written and fsynced. Older folders are
+pruned once the new pointer is in place.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from gluonseg.errors import AlgorithmError, ClientError
+from gluonseg.files import link_or_copy
 
 log = logging.getLogger(__name__)
 
 POINTER = "latest.json"
 KEEP = 2
+WEIGHTS = "net.params"
+BEST = "best.params"
+REQUIRED = (WEIGHTS, "trainer.states", "state.json")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -39,20 +45,27 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def save_checkpoint(directory: Path, net: Any, trainer: Any, state: dict[str, Any]) -> Path:
-    """Write a complete checkpoint; return its folder. `state` must be JSON-serialisable."""
+def save_checkpoint(directory: Path, net: Any, trainer: Any, state: dict[str, Any], is_best: bool = False) -> Path:
+    """Write a complete checkpoint; return its folder. `state` must be JSON-serialisable.
+
+    `is_best`: these weights are the best so far; otherwise the previous checkpoint's best carries over.
+    """
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        previous = find_checkpoint(directory)
         serial = _next_serial(directory)
         final = directory / f"ckpt-{serial:06d}"
         tmp = directory / f".tmp-ckpt-{serial:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        net.save_parameters(str(tmp / "net.params"))
+        net.save_parameters(str(tmp / WEIGHTS))
         trainer.save_states(str(tmp / "trainer.states"))
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        for name in ("net.params", "trainer.states", "state.json"):
+        for name in REQUIRED:
             _fsync_file(tmp / name)
+        best_source = tmp / WEIGHTS if is_best else best_params(previous) if previous is not None else None
+        if best_source is not None:
+            link_or_copy(best_source, tmp / BEST)
         os.replace(tmp, final)
         _fsync_dir(directory)
         pointer_tmp = directory / f".{POINTER}.tmp"
@@ -90,10 +103,16 @@ def find_checkpoint(directory: Path) -> Path | None:
     except (OSError, ValueError, KeyError, TypeError):
         log.warning("checkpoint pointer %s is unreadable; starting from scratch", pointer)
         return None
-    if not all((folder / n).exists() for n in ("net.params", "trainer.states", "state.json")):
+    if not all((folder / n).exists() for n in REQUIRED):
         log.warning("checkpoint %s is incomplete; starting from scratch", folder)
         return None
     return folder
+
+
+def best_params(folder: Path) -> Path | None:
+    """The best epoch's weights recorded in checkpoint `folder`, or None before any epoch finished."""
+    path = folder / BEST
+    return path if path.exists() else None
 
 
 # MXNet pickles the optimizer state (Trainer.save_states). Before it is unpickled, every global the
@@ -154,7 +173,7 @@ def check_optimizer_state(path: Path) -> None:
 
 def load_checkpoint(folder: Path, net: Any, trainer: Any, ctx: Any) -> dict[str, Any]:
     """Restore weights and optimizer state; return the saved state."""
-    net.load_parameters(str(folder / "net.params"), ctx=ctx)
+    net.load_parameters(str(folder / WEIGHTS), ctx=ctx)
     check_optimizer_state(folder / "trainer.states")
     trainer.load_states(str(folder / "trainer.states"))
     return json.loads((folder / "state.json").read_text())

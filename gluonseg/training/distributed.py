@@ -70,7 +70,6 @@ RESERVED_KEY_LIMIT = 215_000
 LIMB_BITS = 16
 LIMBS = 4  # 64-bit counts as four 16-bit limbs; a sum of up to 256 limbs stays below 2**24, exact in float32
 MAX_HOSTS = 256
-CHECKPOINT_FILES = ("net.params", "trainer.states", "state.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -972,7 +971,7 @@ class Cluster:
     def resume(self, ckpt_dir: Path, net: Any, trainer: Any, ctxs: Any) -> tuple[Path | None, dict[str, Any] | None]:
         """Load the first host's newest checkpoint on every worker (found there, sent through the KVStore),
         so all workers resume from the same epoch, weights and optimizer state. Returns (folder, state)."""
-        from gluonseg.training.checkpoint import find_checkpoint, load_checkpoint
+        from gluonseg.training.checkpoint import REQUIRED, find_checkpoint, load_checkpoint
 
         found = find_checkpoint(ckpt_dir) if self.is_primary else None
         name = self.broadcast_bytes(found.name.encode() if found is not None else None).decode()
@@ -980,7 +979,7 @@ class Cluster:
             return None, None
         start = time.perf_counter()
         blobs = {}
-        for filename in CHECKPOINT_FILES:
+        for filename in REQUIRED:  # the best weights stay with the first host, which writes the model
             data = (found / filename).read_bytes() if self.is_primary else None
             blobs[filename] = self.broadcast_bytes(data)
         log.info(

@@ -15,7 +15,6 @@ import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import mxnet as mx
@@ -30,7 +29,7 @@ from gluonseg.environment import Environment, ResourceConfig
 from gluonseg.errors import AlgorithmError, ClientError
 from gluonseg.hyperparameters import Hyperparameters
 from gluonseg.models import build_network
-from gluonseg.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from gluonseg.training.checkpoint import WEIGHTS, best_params, find_checkpoint, load_checkpoint, save_checkpoint
 from gluonseg.training.early_stopping import EarlyStopping
 from gluonseg.training.loss import SegmentationLoss
 from gluonseg.training.metrics_log import log_epoch_metrics
@@ -39,9 +38,6 @@ from gluonseg.training.schedule import iterations_per_epoch, make_lr_scheduler
 from gluonseg.training.validation import evaluate
 
 log = logging.getLogger("gluonseg.train")
-
-BEST_WORK_FILE = "best.params"
-
 
 def seed_from_env() -> int | None:
     """`GLUONSEG_SEED` makes a run reproducible (tests); not a hyperparameter, so jobs stay SageMaker's."""
@@ -209,13 +205,9 @@ def _train_one_epoch(
     return loss_sum / max(steps, 1), images, time.perf_counter() - start, False
 
 
-def _save_params_atomically(net, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        net.save_parameters(str(tmp))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise AlgorithmError(f"Cannot write {path}: {exc.strerror or exc}") from None
+def _build(hp: Hyperparameters, **kwargs: Any) -> gluon.HybridBlock:
+    log.info("building %s on %s (%d classes, crop %d)", hp.algorithm, hp.backbone, hp.num_classes, hp.crop_size)
+    return build_network(hp.algorithm, hp.backbone, hp.num_classes, hp.crop_size, hp.base_size, **kwargs)
 
 
 def write_history(env: Environment, history: list[dict[str, Any]]) -> None:
@@ -255,26 +247,19 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
         else:
             log.info("syncbn=True ignored: a single device (%s) has nothing to synchronise with", ctxs[0])
 
-    previous = None
-    if inputs.model_channel is not None:
-        previous = artifacts.open_model_source(inputs.model_channel)
-        artifacts.check_compatible(previous.hp, hp)
-        log.info("incremental training from %s", previous.params_path)
-
-    log.info("building %s on %s (%d classes, crop %d)", hp.algorithm, hp.backbone, hp.num_classes, hp.crop_size)
-    net = build_network(
-        hp.algorithm,
-        hp.backbone,
-        hp.num_classes,
-        hp.crop_size,
-        hp.base_size,
-        pretrained_backbone=hp.use_pretrained_model and previous is None,
-        ctx=ctxs,
-        norm_layer=norm_layer,
-        norm_kwargs=norm_kwargs,
-    )
-    if previous is not None:
-        net.load_parameters(str(previous.params_path), ctx=ctxs, allow_missing=False, ignore_extra=True)
+    build = {
+        "ctx": ctxs,
+        "norm_layer": norm_layer,
+        "norm_kwargs": norm_kwargs,
+    }
+    if inputs.model_channel is None:
+        net = _build(hp, pretrained_backbone=hp.use_pretrained_model, **build)
+    else:
+        with artifacts.model_source(inputs.model_channel) as previous:
+            artifacts.check_compatible(previous.hp, hp)
+            log.info("incremental training from %s", previous.params_path)
+            net = _build(hp, pretrained_backbone=False, **build)
+            net.load_parameters(str(previous.params_path), ctx=ctxs, allow_missing=False, ignore_extra=True)
 
     iters = iterations_per_epoch(inputs.num_training_samples, hp.mini_batch_size)
     if cluster is not None:
@@ -292,8 +277,6 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
     early = EarlyStopping.from_hyperparameters(hp)
     state = RunState()
     ckpt_dir = env.checkpoint_dir
-    best_path = ckpt_dir / BEST_WORK_FILE
-    last_path = ckpt_dir / "last.params"
     try:
         if primary:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -364,10 +347,6 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
                 val_throughput=record["validation_throughput"],
             )
             should_stop = early.update(epoch, record["mIOU"])
-            if early.is_best and primary:
-                _save_params_atomically(net, best_path)
-            if primary:
-                _save_params_atomically(net, last_path)
             state.epoch_done = epoch
             if should_stop:
                 log.info(
@@ -380,13 +359,15 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
             elif epoch == hp.epochs - 1:
                 finished = True
             if primary:
-                save_checkpoint(ckpt_dir, net, trainer, _state_dict(state, early, finished))
+                save_checkpoint(ckpt_dir, net, trainer, _state_dict(state, early, finished), is_best=early.is_best)
             epoch += 1
             if stop.requested and not finished:
                 log.warning("stopped after epoch %d; checkpoint saved", state.epoch_done)
                 raise Stopped()
 
-    if primary and (not best_path.exists() or not last_path.exists()):
+    last_ckpt = find_checkpoint(ckpt_dir) if primary else None
+    best_path = best_params(last_ckpt) if last_ckpt is not None else None
+    if primary and best_path is None:
         raise AlgorithmError(f"training ended without parameters in {ckpt_dir}")
     best = {"best_epoch": early.best_epoch, "best_mIOU": early.best_score, "epochs_run": state.epoch_done + 1}
     final = state.history[-1] if state.history else {}
@@ -399,7 +380,7 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
     )
     if primary:
         artifacts.finalize_model_dir(
-            env.model_dir, hp, best_path, last_path, {**best, "final_epoch_mIOU": final.get("mIOU")}
+            env.model_dir, hp, best_path, last_ckpt / WEIGHTS, {**best, "final_epoch_mIOU": final.get("mIOU")}
         )
     write_history(env, state.history)
     if cluster is not None:
