@@ -12,7 +12,7 @@ export OMP_NUM_THREADS ?= 2
 export MXNET_ENGINE_TYPE ?= ThreadedEnginePerDevice
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: install test lint demo bench clean proto
+.PHONY: install test lint demo bench audit clean proto
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ demo: install proto
 
 bench: install proto
 	$(PY) -m benchmarks.run_all
+
+# Offline audit of requirements.lock against security/pypa-advisories.json (SECURITY.md); add
+# ARGS=--online on a machine that reaches PyPI, with pip-audit on the PATH.
+audit: install
+	$(PY) -m tools.dependency_audit $(ARGS)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from gluonseg.errors import ClientError, GluonsegError
 
@@ -106,7 +107,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from serve.entry import run, settings_with
     from serve.settings import ServerSettings
 
-    settings = settings_with(ServerSettings.from_env(), model_dir=args.model_dir, port=args.port, workers=args.workers)
+    settings = settings_with(
+        ServerSettings.from_env(),
+        model_dir=args.model_dir,
+        port=args.port,
+        workers=args.workers,
+        **_inference_options(args),
+    )
     if not (settings.model_dir / "hyperparams.json").exists():
         raise ClientError(f"--model-dir {settings.model_dir} is not a model folder (no hyperparams.json)")
     run(settings, host=args.host)
@@ -116,8 +123,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_transform(args: argparse.Namespace) -> int:
     from serve.batch import transform_folder
 
+    options = _inference_options(args)
+    options["native_max_pixels"] = options.pop("max_pixels")
     results = transform_folder(
-        args.model_dir, args.input, args.output, accept=args.accept, content_type=args.content_type, jobs=args.jobs
+        args.model_dir,
+        args.input,
+        args.output,
+        accept=args.accept,
+        content_type=args.content_type,
+        jobs=args.jobs,
+        **options,
     )
     failed = [r for r in results if not r.ok]
     print(f"{len(results) - len(failed)} of {len(results)} file(s) transformed into {args.output}")
@@ -129,7 +144,9 @@ def _cmd_transform(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from gluonseg.evaluate import evaluate_folder, format_report
 
-    report = evaluate_folder(args.model_dir, args.images, args.masks, label_map_file=args.label_map, out=args.out)
+    report = evaluate_folder(
+        args.model_dir, args.images, args.masks, label_map_file=args.label_map, out=args.out, **_inference_options(args)
+    )
     print(format_report(report))
     if args.out:
         print(f"wrote {args.out / 'report.json'} and {args.out / 'confusion_matrix.png'}")
@@ -139,12 +156,66 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from gluonseg.visualize import predict_files
 
-    results = predict_files(args.model_dir, args.images, args.out, alpha=args.alpha)
+    results = predict_files(args.model_dir, args.images, args.out, alpha=args.alpha, **_inference_options(args))
     failed = [r for r in results if not r.ok]
     print(f"{len(results) - len(failed)} of {len(results)} image(s) predicted into {args.out}")
     for r in failed:
         print(f"FAILED {r.source}: {r.reason}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from gluonseg.quantization import describe_export, export_int8
+
+    record = export_int8(args.model_dir, args.calibration, args.num)
+    print(describe_export(args.model_dir, record))
+    return 0
+
+
+def _add_inference_options(p: argparse.ArgumentParser, serve: bool = False) -> None:
+    """--precision/--calibration/--scale/--max-native-pixels, as the server's GLUONSEG_* variables."""
+    unset = " (default: $%s, else %s)" if serve else " (default %s)"
+
+    def default(var: str, value: str) -> str:
+        return unset % (var, value) if serve else unset % value
+
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "int8", "bf16"),
+        default=None,
+        help="network precision on the CPU" + default("GLUONSEG_PRECISION", "fp32"),
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="images to calibrate INT8 on at load, when the model folder has no model-int8-* files",
+    )
+    p.add_argument(
+        "--scale",
+        choices=("native", "crop"),
+        default=None,
+        help="native: each image at its own size, as GluonCV's predict(); crop: short side resized to "
+        "crop_size and tiled (faster on large pictures)" + default("GLUONSEG_INFERENCE_SCALE", "native"),
+    )
+    p.add_argument(
+        "--max-native-pixels",
+        type=int,
+        default=None,
+        help="native scale: larger pictures are scaled down to this many pixels"
+        + default("GLUONSEG_NATIVE_MAX_PIXELS", str(1 << 20)),
+    )
+
+
+def _inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.max_native_pixels is not None and args.max_native_pixels < 1:
+        raise ClientError(f"--max-native-pixels must be at least 1, got {args.max_native_pixels}")
+    return {
+        "precision": args.precision,
+        "calibration_dir": args.calibration,
+        "scale": args.scale,
+        "max_pixels": args.max_native_pixels,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default $SAGEMAKER_BIND_TO_PORT or 8080)")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    _add_inference_options(p, serve=True)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("transform", help="batch transform: X -> X.out for every file under a folder")
@@ -208,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--content-type", default="image/jpeg", help="the request Content-Type (default image/jpeg)")
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    _add_inference_options(p)
     p.set_defaults(func=_cmd_transform)
 
     p = sub.add_parser("evaluate", help="pixel accuracy, mIOU and per-class IoU of a model on images + masks")
@@ -216,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", type=Path, required=True, help="folder of PNG masks, same base names as the images")
     p.add_argument("--label-map", type=Path, help='a label map JSON file ({"scale": N} or {"map": {...}})')
     p.add_argument("--out", type=Path, help="folder for report.json and confusion_matrix.png (default: print only)")
+    _add_inference_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="X_mask.png and X_overlay.png (colours + legend) for each image")
@@ -223,7 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="JPEG or PNG pictures")
     p.add_argument("--out", type=Path, required=True, help="folder for the masks and overlays")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours in the overlay (default 0.5)")
+    _add_inference_options(p)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "quantize", help="write model-int8-* into a model folder (INT8 for the CPU, calibrated on your images)"
+    )
+    p.add_argument("--model-dir", type=Path, required=True, help="a model folder (written in place)")
+    p.add_argument("--calibration", type=Path, required=True, help="folder of typical images (JPEG/PNG)")
+    p.add_argument("--num", type=int, default=10, help="calibrate on the first N images (default 10)")
+    p.set_defaults(func=_cmd_quantize)
     return parser
 
 

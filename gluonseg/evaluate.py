@@ -132,12 +132,14 @@ def evaluate_folder(
     label_map_file: Path | None = None,
     out: Path | None = None,
     progress: bool | None = None,
+    **inference: Any,
 ) -> dict[str, Any]:
     """Score the model in `model_dir` on every image/mask pair; returns the report (see `build_report`).
 
     With `out`, writes OUT/report.json and OUT/confusion_matrix.png. `progress`: True for a tqdm bar,
     False for log lines, None to decide by whether stderr is a terminal. Bad data raises ClientError
-    naming the files, before the model is loaded.
+    naming the files, before the model is loaded. `inference`: Predictor.from_model_dir's precision,
+    calibration_dir, scale, max_pixels (None: the default).
     """
     import json
 
@@ -152,7 +154,7 @@ def evaluate_folder(
     log.info("evaluating %s on %d image(s) from %s", model_dir, len(samples), images)
 
     start = time.perf_counter()
-    predictor = Predictor.from_model_dir(model_dir)
+    predictor = Predictor.from_model_dir(model_dir, **{k: v for k, v in inference.items() if v is not None})
     cm = _score(predictor, samples, label_map, progress)
     report = build_report(cm, predictor.class_names, model_dir, len(samples), time.perf_counter() - start)
     if out is not None:

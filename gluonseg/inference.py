@@ -1,12 +1,25 @@
 """Whole-image prediction with a trained network: the one code path behind the server, batch transform and CLI.
 
-Why tiles: GluonCV's networks have a fixed output size (spec gluoncv-notes §3.3): FCN always answers at
-crop_size, PSP and DeepLab accept only crop_size inputs, and `predict()` (any size) needs a
-non-hybridized network that re-runs imperative ops for every image. So the network here is built
-without the aux head, hybridized once with `static_alloc=True, static_shape=True` and only ever sees
-one input shape, (1, 3, crop_size, crop_size): the graph is traced and memory planned once, at load
-time (a warm-up forward), never per request. Everything that depends on the image size happens
-around it in numpy:
+Two scales, chosen per Predictor (server: `GLUONSEG_INFERENCE_SCALE`):
+
+**native** (default): the image at its own resolution, as stock GluonCV's `predict()` runs it and as
+validation with `validation_mini_batch_size=1` does. The image is padded right/bottom to a multiple
+of 8 (at least NATIVE_MIN_SIDE a side) and goes through the network's graph re-specialised to that
+shape (gluonseg.shape_graphs: the same parameters, compiled once per shape, a small LRU of shapes),
+which returns logits at the padded size; the padding is cropped off. On multiples of 8 this is
+exactly `predict()`'s answer. Images over `max_pixels` (default NATIVE_MAX_PIXELS) are first
+scaled down, aspect kept, so that one request's cost and memory stay bounded; the logits are then
+resized back to the input's size as below.
+
+**crop**: the image rescaled so its short side is crop_size (the scale validation with
+`validation_mini_batch_size>1` measures), covered with crop x crop tiles. Cheaper on large pictures
+(an 800x600 picture at crop 240 costs 2 tiles of 240x240 instead of 800x600 pixels), but its masks
+differ from stock GluonCV's. Why tiles: GluonCV's networks have a fixed output size (spec
+gluoncv-notes §3.3), so the network is built without the aux head, hybridized once with
+`static_alloc=True, static_shape=True` and only ever sees one input shape, (1, 3, crop_size,
+crop_size): the graph is traced and memory planned once, at load time (a warm-up forward, which
+both scales do), never per request. Everything that depends on the image size happens around it in
+numpy:
 
 1. Resize (PIL bilinear, aspect kept) so the SHORT side is crop_size, long side truncated, as the
    validation crops are made (`val_crop_transform`); small images are scaled up. An extreme aspect
@@ -35,8 +48,8 @@ for bit, ties included (argmax of logits alone could differ where softmax rounds
 same float).
 
 Threads: a static-alloc CachedOp runs every call in the same preallocated memory, so one lock
-serialises the network call and the copy of its output to numpy; resizing and post-processing of
-concurrent requests run in parallel.
+serialises the network calls (any shape) and the copy of their output to numpy; resizing and
+post-processing of concurrent requests run in parallel.
 
 Precision: `from_model_dir(..., precision='int8'|'bf16')` swaps the network for a oneDNN INT8 or BF16
 graph of the same input and output shape (gluonseg.quantization); everything around it is unchanged.
@@ -56,9 +69,16 @@ from mxnet import gluon
 from PIL import Image
 
 from gluonseg.data.transforms import normalize
+from gluonseg.shape_graphs import MULTIPLE as SHAPE_MULTIPLE
+from gluonseg.shape_graphs import ShapeGraphs
 
 log = logging.getLogger(__name__)
 
+SCALES = ("native", "crop")
+DEFAULT_SCALE = "native"
+NATIVE_MAX_PIXELS = 1 << 20  # 1024x1024: FCN-R50 at this size is ~0.6 TMAC; larger pictures are scaled down
+NATIVE_MIN_SIDE = 64  # a padded side of at least 8 feature cells, so PSP's 6x6 pyramid bins see real cells
+GRAPH_CACHE = 2  # compiled native shapes kept per Predictor (each holds its own memory plan)
 MAX_ASPECT = 8  # the resized long side is at most this many crops
 TILE_STRIDE_RATE = 2.0 / 3.0  # as GluonCV's MultiEvalModel
 BAND_ELEMENTS = 1 << 20  # floats per band of resized logits: 4 MB float32 temporaries stay near the caches
@@ -86,6 +106,28 @@ def resized_size(height: int, width: int, crop_size: int) -> tuple[int, int]:
         new_long = max_long
         new_short = max(1, int(short * max_long / long + 0.5))
     return (new_short, new_long) if height <= width else (new_long, new_short)
+
+
+def native_size(height: int, width: int, max_pixels: int = NATIVE_MAX_PIXELS) -> tuple[int, int]:
+    """(h', w') the native scale runs at: the image's own size, scaled down (aspect kept, at least 1 pixel a
+    side) until its padded canvas holds at most `max_pixels` pixels."""
+    if height < 1 or width < 1:
+        raise ValueError(f"image must be at least 1x1, got {width}x{height}")
+    h, w = height, width
+    while True:
+        canvas_h, canvas_w = native_canvas_shape(h, w)
+        if canvas_h * canvas_w <= max_pixels or (h, w) == (1, 1):
+            return h, w
+        factor = min(0.99, (max_pixels / (canvas_h * canvas_w)) ** 0.5)
+        h, w = max(1, int(h * factor)), max(1, int(w * factor))
+
+
+def native_canvas_shape(height: int, width: int) -> tuple[int, int]:
+    """The padded input the network gets at native scale: a multiple of 8, at least NATIVE_MIN_SIDE a side."""
+    def side(n: int) -> int:
+        return max(NATIVE_MIN_SIDE, -(-n // SHAPE_MULTIPLE) * SHAPE_MULTIPLE)
+
+    return side(height), side(width)
 
 
 def tile_starts(length: int, crop_size: int) -> list[int]:
@@ -202,9 +244,15 @@ class Predictor:
         palette: list[int] | None = None,
         algorithm: str | None = None,
         precision: str = "fp32",
+        scale: str = DEFAULT_SCALE,
+        max_pixels: int = NATIVE_MAX_PIXELS,
     ) -> None:
         from gluonseg.palette import class_names as default_names
         from gluonseg.palette import voc_palette
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+        if max_pixels < 1:
+            raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
 
         self.net = net
         self.ctx = ctx or mx.cpu()
@@ -214,6 +262,8 @@ class Predictor:
         self._palette = list(palette) if palette else voc_palette()
         self.algorithm = algorithm
         self.precision = precision  # what the network runs in: 'fp32', 'int8' or 'bf16'
+        self.scale = scale
+        self.max_pixels = int(max_pixels)
         self._lock = threading.Lock()
         net.hybridize(static_alloc=True, static_shape=True)
         # Trace and plan memory now, so the first request is not the slow one.
@@ -223,20 +273,12 @@ class Predictor:
                 f"the network answers {warm.shape} for a {self._crop_size}x{self._crop_size} input; expected "
                 f"({self._num_classes}, {self._crop_size}, {self._crop_size})"
             )
+        self._native: ShapeGraphs | None = None  # traced on the first native-scale call
 
     @classmethod
-    def from_network(
-        cls,
-        net: gluon.HybridBlock,
-        num_classes: int,
-        crop_size: int,
-        ctx: mx.Context | None = None,
-        class_names: list[str] | None = None,
-        palette: list[int] | None = None,
-        algorithm: str | None = None,
-    ) -> Predictor:
-        """Wrap an already built and initialised network (it gets hybridized in place)."""
-        return cls(net, num_classes, crop_size, ctx, class_names, palette, algorithm)
+    def from_network(cls, net: gluon.HybridBlock, num_classes: int, crop_size: int, **options: Any) -> Predictor:
+        """Wrap an already built and initialised network (it gets hybridized in place); `options` as __init__."""
+        return cls(net, num_classes, crop_size, **options)
 
     @classmethod
     def from_model_dir(
@@ -246,8 +288,12 @@ class Predictor:
         precision: str = "fp32",
         calibration_dir: Path | None = None,
         calibration_images: int | None = None,
+        scale: str = DEFAULT_SCALE,
+        max_pixels: int = NATIVE_MAX_PIXELS,
     ) -> Predictor:
         """Load a model folder (gluonseg.artifacts format); the aux head in the file is dropped.
+
+        scale: 'native' or 'crop' (module docstring); max_pixels bounds the native scale.
 
         precision: 'fp32' (default), 'int8' or 'bf16' (oneDNN, CPU); see gluonseg.quantization for where
         INT8 comes from (the exported model-int8-* files, else calibration on `calibration_dir`'s images)
@@ -284,6 +330,8 @@ class Predictor:
             artifact.meta.get("palette"),
             hp.algorithm,
             precision=used,
+            scale=scale,
+            max_pixels=max_pixels,
         )
 
     # -- properties
@@ -311,7 +359,7 @@ class Predictor:
         """Segment an HxWx3 uint8 RGB image; the mask (and probabilities) come back at H x W."""
         _check_image(image)
         height, width = image.shape[:2]
-        logits = self.averaged_logits(image)
+        logits = self.native_logits(image) if self.scale == "native" else self.averaged_logits(image)
         return logits_to_prediction(logits, height, width, want_probabilities)
 
     def predict_mask(self, image: np.ndarray) -> np.ndarray:
@@ -321,6 +369,22 @@ class Predictor:
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
         """(C, H, W) float32 softmax probabilities."""
         return self.predict(image, want_probabilities=True).probabilities
+
+    def native_logits(self, image: np.ndarray) -> np.ndarray:
+        """Logits (C, h', w') of the whole image at its own size (or scaled down to `max_pixels`)."""
+        _check_image(image)
+        new_h, new_w = native_size(image.shape[0], image.shape[1], self.max_pixels)
+        if (new_h, new_w) != image.shape[:2]:
+            image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        data = normalize(image)
+        canvas_h, canvas_w = native_canvas_shape(new_h, new_w)
+        if (canvas_h, canvas_w) != (new_h, new_w):
+            data = np.pad(data, ((0, 0), (0, canvas_h - new_h), (0, canvas_w - new_w)))
+        with self._lock:
+            if self._native is None:
+                self._native = ShapeGraphs(self.net, self._crop_size, self.ctx, GRAPH_CACHE, self._shape_converter())
+        logits = self._forward(self._native.get(canvas_h, canvas_w), data)
+        return logits[:, :new_h, :new_w]
 
     def averaged_logits(self, image: np.ndarray) -> np.ndarray:
         """Tile-averaged logits (C, h', w') at the resized resolution (padding removed)."""
@@ -345,10 +409,21 @@ class Predictor:
             total /= count_y[None, :, None] * count_x[None, None, :]
         return total[:, :new_h, :new_w]
 
+    def _shape_converter(self) -> Any:
+        if self.precision != "bf16":
+            return None
+        from gluonseg.quantization import bfloat16_at_shape
+
+        return lambda graph, height, width: bfloat16_at_shape(graph, height, width, self.ctx)
+
     def _forward_tile(self, tile: np.ndarray) -> np.ndarray:
         """Logits (C, crop, crop) for one normalised (3, crop, crop) tile."""
+        return self._forward(self.net, tile)
+
+    def _forward(self, graph: gluon.HybridBlock, data: np.ndarray) -> np.ndarray:
+        """Logits (C, h, w) of `graph` for one normalised (3, h, w) input."""
         with self._lock:
-            out: Any = self.net(mx.nd.array(tile[None], ctx=self.ctx, dtype=np.float32))
+            out: Any = graph(mx.nd.array(data[None], ctx=self.ctx, dtype=np.float32))
             if isinstance(out, list | tuple):
                 out = out[0]
             if out.dtype != np.float32:  # a lower-precision graph may end in its own dtype

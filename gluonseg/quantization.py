@@ -29,7 +29,6 @@ the Predictor logs why and runs FP32; `predictor.precision` then says 'fp32'.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -45,7 +44,7 @@ import numpy as np
 from mxnet import gluon
 
 from gluonseg.artifacts import ModelArtifact, read_model_dir, versions
-from gluonseg.errors import ClientError, GluonsegError
+from gluonseg.errors import ClientError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ INT8_RECORD = "model-int8.json"
 INT8_FORMAT = "gluonseg-int8/1"
 DEFAULT_CALIBRATION_IMAGES = 10
 MAX_CALIBRATION_TILES = 64  # bounds memory and start-up time; naive min/max settles after a few dozen tiles
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 EXCLUDED_LAYERS_MATCH = ["concat"]
 BF16_FP32_OPS_EXTRA = ["Concat", "concat"]
 
@@ -143,14 +142,19 @@ def quantize_network(net: gluon.HybridBlock, tiles: np.ndarray) -> gluon.SymbolB
         )
 
 
-def to_bfloat16(net: gluon.HybridBlock, crop_size: int, ctx: mx.Context) -> tuple[gluon.HybridBlock, str]:
-    """(BF16 network, 'bf16'), or (`net`, 'fp32') with a logged reason when MXNet cannot run it here."""
+def to_bfloat16(
+    net: gluon.HybridBlock, crop_size: int, ctx: mx.Context, width: int | None = None
+) -> tuple[gluon.HybridBlock, str]:
+    """(BF16 network, 'bf16'), or (`net`, 'fp32') with a logged reason when MXNet cannot run it here.
+
+    The network is traced on a (1, 3, crop_size, width or crop_size) input: the shape its graph is built for.
+    """
     from mxnet.contrib import amp
     from mxnet.contrib.amp.lists import symbol_bf16
 
     if "avx512_bf16" not in _cpu_flags() and "amx_bf16" not in _cpu_flags():
         log.warning("this CPU has no native BF16 instructions: oneDNN emulates them, usually slower than FP32")
-    zeros = mx.nd.zeros((1, 3, crop_size, crop_size), ctx=ctx)
+    zeros = mx.nd.zeros((1, 3, crop_size, width or crop_size), ctx=ctx)
     try:
         net.hybridize()
         _first_output(net(zeros)).wait_to_read()  # the converter needs a traced graph
@@ -334,28 +338,28 @@ def network_for_precision(
     return net, "fp32"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m gluonseg.quantization --model-dir M --calibration DIR [--num N]`: write the INT8 model files."""
-    from gluonseg.logging_setup import configure_logging
+def bfloat16_at_shape(fp32: gluon.HybridBlock, height: int, width: int, ctx: mx.Context) -> gluon.HybridBlock:
+    """A native-scale graph of a BF16 network, converted at its own shape (gluonseg.shape_graphs): MXNet's
+    BF16 graphs only run with the parameter types the converter chose for the shape it traced."""
+    converted, used = to_bfloat16(fp32, height, ctx, width)
+    if used != "bf16":
+        raise RuntimeError(f"BF16 conversion failed for a {width}x{height} input")
+    return converted
 
-    parser = argparse.ArgumentParser(
-        prog="python -m gluonseg.quantization", description="Write an INT8 (oneDNN) copy of a model folder's network."
+
+def describe_export(model_dir: Path, record: dict[str, Any]) -> str:
+    """The line `gluonseg quantize` prints after export_int8."""
+    return (
+        f"wrote {Path(model_dir) / INT8_SYMBOL} and {INT8_PARAMS}: calibrated on {record['calibration_tiles']} "
+        f"tiles from {len(record['calibration_images'])} images in {record['seconds']} s"
     )
-    parser.add_argument("--model-dir", type=Path, required=True, help="a model folder (hyperparams.json + params)")
-    parser.add_argument("--calibration", type=Path, required=True, help="a folder of images like those to be served")
-    parser.add_argument("--num", type=int, default=DEFAULT_CALIBRATION_IMAGES, help="calibration images to use")
-    args = parser.parse_args(argv)
-    configure_logging()
-    try:
-        record = export_int8(args.model_dir, args.calibration, args.num)
-    except GluonsegError as exc:
-        print(exc.failure_text(), file=sys.stderr)
-        return 2
-    print(
-        f"wrote {args.model_dir / INT8_SYMBOL} and {INT8_PARAMS}: calibrated on {record['calibration_tiles']} tiles "
-        f"from {len(record['calibration_images'])} images in {record['seconds']} s"
-    )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m gluonseg.quantization ...` is `gluonseg quantize ...`."""
+    from gluonseg.cli import main as cli_main
+
+    return cli_main(["quantize", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -138,6 +139,7 @@ def predict_files(
     alpha: float = 0.5,
     progress: bool | None = None,
     max_pixels: int | None = None,
+    **inference: Any,
 ) -> list[PredictResult]:
     """Write OUT/<stem>_mask.png and OUT/<stem>_overlay.png for each image; one result per input, in order.
 
@@ -151,7 +153,7 @@ def predict_files(
 
     if not 0.0 <= alpha <= 1.0:
         raise ClientError(f"alpha must be between 0 and 1, got {alpha}")
-    predictor = Predictor.from_model_dir(Path(model_dir))
+    predictor = Predictor.from_model_dir(Path(model_dir), **{k: v for k, v in inference.items() if v is not None})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stems: dict[str, str] = {}

@@ -64,6 +64,8 @@ def create_app(settings: ServerSettings | None = None, handler: SegmentationHand
         max_pixels=settings.max_pixels,
         precision=settings.precision,
         calibration_dir=settings.calibration_dir,
+        scale=settings.scale,
+        native_max_pixels=settings.native_max_pixels,
     )
     handler = handler or SegmentationHandler()
     state = {"load_error": None}

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gluonseg.codecs.content_types import JPEG
 from gluonseg.errors import ClientError, RequestError
@@ -39,10 +40,12 @@ def input_files(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-def _init_worker(model_dir: str, accept: str, content_type: str, max_pixels: int, threads: int) -> None:
+def _init_worker(
+    model_dir: str, accept: str, content_type: str, max_pixels: int, threads: int, inference: dict[str, Any]
+) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     handler = SegmentationHandler()
-    context = Context(Path(model_dir), default_accept=accept, max_pixels=max_pixels)
+    context = Context(Path(model_dir), default_accept=accept, max_pixels=max_pixels, **inference)
     handler.initialize(context)
     _worker.update(handler=handler, context=context, accept=accept, content_type=content_type)
 
@@ -77,13 +80,16 @@ def transform_folder(
     jobs: int = 1,
     max_pixels: int = 36_000_000,
     progress: bool | None = None,
+    **inference: Any,
 ) -> list[TransformResult]:
+    """`inference`: the handler Context's precision, calibration_dir, scale, native_max_pixels (None: default)."""
+    inference = {k: v for k, v in inference.items() if v is not None}
     if not input_dir.is_dir():
         raise ClientError(f"--input {input_dir} is not a folder")
     files = list(input_files(input_dir))
     work = [(str(f), str(output_dir / f.relative_to(input_dir)) + ".out") for f in files]
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    init_args = (str(model_dir), accept, content_type, max_pixels, threads)
+    init_args = (str(model_dir), accept, content_type, max_pixels, threads, inference)
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from dataclasses import replace
+from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
@@ -84,11 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def settings_with(settings: ServerSettings, model_dir=None, port=None, workers=None) -> ServerSettings:
-    """CLI overrides (`gluonseg serve --model-dir M --port P --workers N`)."""
+def settings_with(
+    settings: ServerSettings, model_dir=None, port=None, workers=None, **inference: Any
+) -> ServerSettings:
+    """CLI overrides (`gluonseg serve --model-dir M --port P --workers N [--precision ..] [--scale ..]`).
+
+    `inference`: precision, calibration_dir, scale; None leaves the environment's value.
+    """
     from serve.settings import cpu_count
 
-    changes = {}
+    changes: dict[str, Any] = {k: v for k, v in inference.items() if v is not None}
     if model_dir is not None:
         changes["model_dir"] = model_dir
     if port is not None:

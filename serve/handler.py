@@ -31,6 +31,8 @@ class Context:
     max_pixels: int = DEFAULT_MAX_PIXELS
     precision: str = "fp32"  # the network's precision, and where INT8 calibration images are
     calibration_dir: Path | None = None
+    scale: str = "native"  # gluonseg.inference: the image at its own size, or short side = crop_size
+    native_max_pixels: int = 1 << 20
     request_headers: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -69,15 +71,18 @@ class SegmentationHandler:
             Path(context.system_properties["model_dir"]),
             precision=context.precision,
             calibration_dir=context.calibration_dir,
+            scale=context.scale,
+            max_pixels=context.native_max_pixels,
         )
         self.load_seconds = time.perf_counter() - start
         self.initialized = True
         log.info(
-            "model loaded from %s in %.1f s (%d classes, %s)",
+            "model loaded from %s in %.1f s (%d classes, %s, %s scale)",
             context.model_dir,
             self.load_seconds,
             self.predictor.num_classes,
             self.predictor.precision,
+            self.predictor.scale,
         )
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[DecodedRequest]:

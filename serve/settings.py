@@ -14,6 +14,8 @@ DEFAULT_MAX_PAYLOAD_MB = 6
 MAX_BATCH_PAYLOAD_MB = 100  # SageMaker's ceiling for MaxPayloadInMB
 DEFAULT_MAX_PIXELS = 36_000_000  # ~6000 x 6000; a JPEG under 6 MB can declare far more (decompression bombs)
 PRECISIONS = ("fp32", "int8", "bf16")  # as gluonseg.quantization.PRECISIONS
+SCALES = ("native", "crop")  # as gluonseg.inference.SCALES
+DEFAULT_NATIVE_MAX_PIXELS = 1 << 20  # as gluonseg.inference.NATIVE_MAX_PIXELS
 
 
 def _env(*names: str) -> str | None:
@@ -44,6 +46,13 @@ def _precision(value: str | None) -> str:
     return precision
 
 
+def _scale(value: str | None) -> str:
+    scale = (value or SCALES[0]).strip().lower()
+    if scale not in SCALES:
+        raise ClientError(f"GLUONSEG_INFERENCE_SCALE must be one of {', '.join(SCALES)}, got {value!r}")
+    return scale
+
+
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -64,6 +73,8 @@ class ServerSettings:
     batch: bool = False
     precision: str = "fp32"  # GLUONSEG_PRECISION: fp32 | int8 | bf16 (gluonseg.quantization)
     calibration_dir: Path | None = None  # GLUONSEG_CALIBRATION_DIR: images to calibrate INT8 at load
+    scale: str = SCALES[0]  # GLUONSEG_INFERENCE_SCALE: native | crop (gluonseg.inference)
+    native_max_pixels: int = DEFAULT_NATIVE_MAX_PIXELS  # GLUONSEG_NATIVE_MAX_PIXELS: larger pictures are scaled down
 
     @property
     def max_payload_bytes(self) -> int:
@@ -97,4 +108,8 @@ class ServerSettings:
             batch=batch,
             precision=_precision(_env("GLUONSEG_PRECISION")),
             calibration_dir=Path(calibration) if (calibration := _env("GLUONSEG_CALIBRATION_DIR")) else None,
+            scale=_scale(_env("GLUONSEG_INFERENCE_SCALE")),
+            native_max_pixels=_int(
+                _env("GLUONSEG_NATIVE_MAX_PIXELS"), "GLUONSEG_NATIVE_MAX_PIXELS", DEFAULT_NATIVE_MAX_PIXELS
+            ),
         )

@@ -130,3 +130,24 @@ def test_truncated_training_files_are_refused_even_after_gluoncv_import(tmp_path
     path.write_bytes(path.read_bytes()[:-600])
     with pytest.raises(ClientError, match="a.jpg: cannot decode image"):
         load_image(path, str(path))
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF", "PPM"])
+def test_training_files_in_other_formats_are_named_not_decoded(tmp_path, fmt):
+    """Only the JPEG and PNG decoders see training bytes, whatever the file is named."""
+    import io
+
+    from PIL import Image
+
+    from gluonseg.data.images import image_size, load_image, load_mask
+
+    buffer = io.BytesIO()
+    Image.new("RGB" if fmt != "GIF" else "P", (8, 6)).save(buffer, format=fmt)
+    Image.open(io.BytesIO(buffer.getvalue())).load()  # PIL itself reads it: only our restriction refuses it
+    disguised = tmp_path / "img_0001.jpg"
+    disguised.write_bytes(buffer.getvalue())
+    for read in (load_image, load_mask, image_size):
+        with pytest.raises(ClientError, match="img_0001.jpg: not a readable JPEG or PNG image"):
+            read(disguised, "img_0001.jpg")
+        with pytest.raises(ClientError, match="record 7: not a readable JPEG or PNG image"):
+            read(buffer.getvalue(), "record 7")

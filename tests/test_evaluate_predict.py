@@ -192,6 +192,31 @@ def test_predict_writes_masks_and_overlays_and_reports_bad_files(tmp_path, train
             assert ys.max() < 150 and xs.max() < 100  # within the top-left quarter
 
 
+def test_predict_and_transform_take_the_scale_flag(tmp_path, trained_model_dir, validation):
+    images, _ = validation
+    source = tmp_path / "in" / "wide.jpg"
+    write_image(source, width=150, height=90, seed=9)
+    image = load_image(source, source.name)
+    crop = Predictor.from_model_dir(trained_model_dir, scale="crop").predict_mask(image)
+    native = Predictor.from_model_dir(trained_model_dir).predict_mask(image)
+    assert not np.array_equal(crop, native)  # the picture tells the two scales apart
+
+    out = tmp_path / "predicted"
+    proc = gluonseg("predict", "--model-dir", trained_model_dir, source, "--out", out, "--scale", "crop")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Image.open(out / "wide_mask.png") as mask_png:
+        assert np.array_equal(np.asarray(mask_png), crop)
+
+    transformed = tmp_path / "transformed"
+    proc = gluonseg("transform", "--model-dir", trained_model_dir, "--input", source.parent, "--output", transformed)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Image.open(transformed / "wide.jpg.out") as mask_png:
+        assert np.array_equal(np.asarray(mask_png), native)
+
+    proc = gluonseg("evaluate", "--model-dir", trained_model_dir, "--images", images, "--masks", images, "--scale", "x")
+    assert proc.returncode == 2 and "invalid choice: 'x'" in proc.stderr
+
+
 # -- the pieces, in process
 
 

@@ -146,7 +146,7 @@ def test_crop_sized_image_equals_one_forward_of_the_plain_network(fcn, fcn_dir):
     np.testing.assert_allclose(fcn.predict_probabilities(image), softmax(direct), atol=1e-5)
 
 
-def test_graph_is_traced_once_for_requests_of_any_size(fcn_dir, monkeypatch):
+def test_crop_scale_traces_one_graph_for_requests_of_any_size(fcn_dir, monkeypatch):
     builds, traces, shapes = [], [], []
     build_cache = gluon.HybridBlock._build_cache
     call_cached_op = gluon.HybridBlock._call_cached_op
@@ -171,7 +171,7 @@ def test_graph_is_traced_once_for_requests_of_any_size(fcn_dir, monkeypatch):
     monkeypatch.setattr(gluon.HybridBlock, "_build_cache", counting_build_cache)
     monkeypatch.setattr(FCN, "hybrid_forward", counting_hybrid_forward)
     monkeypatch.setattr(gluon.HybridBlock, "_call_cached_op", recording_call_cached_op)
-    predictor = Predictor.from_model_dir(fcn_dir)
+    predictor = Predictor.from_model_dir(fcn_dir, scale="crop")
     cached_op = predictor.net._cached_op
     assert cached_op is not None  # compiled at load time, before any request
     for size in [(64, 64), (65, 97), (150, 200), (1, 1), (3, 300), (64, 64)]:
@@ -265,6 +265,7 @@ def pointwise():
 
 @pytest.mark.parametrize("size", [(16, 16), (17, 40), (40, 17), (16, 300), (300, 16), (2, 1000), (1000, 2), (1, 1)])
 def test_tiles_average_to_the_whole_image_answer(pointwise, size):
+    """Crop scale (averaged_logits), whichever scale the Predictor was made with."""
     predictor, weight, bias = pointwise
     image = image_of(*size, seed=size[0] * 7 + size[1])
     new_h, new_w = resized_size(*size, 16)

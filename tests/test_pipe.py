@@ -280,7 +280,8 @@ def test_undecodable_image(tmp_path):
     data = stream(pairs[:1]) + encode_record(b"this is not a JPEG") + encode_record(png(pairs[1][1]))
     path = tmp_path / "validation_0"
     writer = feed(path, data + stream(pairs[2:]))
-    with pytest.raises(ClientError, match=r"^validation_0: record 2 \(image of pair 1\): cannot decode image"):
+    reason = r"^validation_0: record 2 \(image of pair 1\): not a readable JPEG or PNG image"
+    with pytest.raises(ClientError, match=reason):
         list(iter_pipe_samples(path))
     writer.finish()
 
@@ -289,7 +290,8 @@ def test_undecodable_annotation(tmp_path):
     data = encode_record(jpeg(8, 8, 0)) + encode_record(b"\x89PNG broken")
     path = tmp_path / "train_0"
     writer = feed(path, data)
-    with pytest.raises(ClientError, match=r"^train_0: record 1 \(annotation of pair 0\): cannot decode image"):
+    reason = r"^train_0: record 1 \(annotation of pair 0\): not a readable JPEG or PNG image"
+    with pytest.raises(ClientError, match=reason):
         list(iter_pipe_samples(path))
     writer.finish()
 

@@ -55,7 +55,8 @@ def int8(fcn_dir, calibration_dir):
 # -- calibration tiles
 
 
-def test_calibration_tiles_are_what_the_network_is_fed(fp32, monkeypatch):
+def test_calibration_tiles_are_what_the_network_is_fed_at_crop_scale(fcn_dir, monkeypatch):
+    fp32 = Predictor.from_model_dir(fcn_dir, scale="crop")
     image = image_of(50, 150, seed=4)  # resized to 64x192: five overlapping tiles
     fed = []
     original = fp32._forward_tile
@@ -95,6 +96,8 @@ def test_int8_predictor_output_shape_dtype_and_closeness(fp32, int8):
     assert prediction.mask.max() < CLASSES
     # Random weights make near-ties everywhere, so compare logits rather than masks.
     assert correlation(int8.averaged_logits(image), fp32.averaged_logits(image)) > 0.95
+    # Native scale runs the INT8 graph re-specialised to the padded 64x72 shape.
+    assert correlation(int8.native_logits(image), fp32.native_logits(image)) > 0.95
 
 
 def test_int8_needs_files_or_calibration_images(fcn_dir):
@@ -162,6 +165,8 @@ def test_bf16_runs_or_falls_back_with_a_logged_reason(fcn_dir, fp32, caplog):
     image = image_of(40, 64, seed=8)
     if bf16.precision == "bf16":  # this CPU and MXNet build run oneDNN BF16
         assert correlation(bf16.averaged_logits(image), fp32.averaged_logits(image)) > 0.99
+        # Native scale: the graph re-specialised to 64x64 (padded) and converted to BF16 at that shape.
+        assert correlation(bf16.native_logits(image), fp32.native_logits(image)) > 0.99
         assert bf16.predict_mask(image).shape == (40, 64)
     else:
         assert bf16.precision == "fp32" and "BF16 inference is not supported" in caplog.text

@@ -110,3 +110,25 @@ def test_internal_faults_are_500_with_a_request_id(trained_model_dir, caplog):
     request_id = r.json["error"].split("request id ")[1].rstrip(")")
     assert request_id in caplog.text and "boom" in caplog.text
     assert "boom" not in r.json["error"] and "Traceback" not in r.json["error"]
+
+
+def test_inference_scale_from_the_environment_reaches_the_predictor(clean_env, trained_model_dir):
+    clean_env.delenv("GLUONSEG_INFERENCE_SCALE", raising=False)
+    clean_env.delenv("GLUONSEG_NATIVE_MAX_PIXELS", raising=False)
+    s = ServerSettings.from_env()
+    assert s.scale == "native" and s.native_max_pixels == 1 << 20
+    clean_env.setenv("GLUONSEG_INFERENCE_SCALE", " Crop")
+    clean_env.setenv("GLUONSEG_NATIVE_MAX_PIXELS", "5000")
+    clean_env.setenv("GLUONSEG_MODEL_DIR", str(trained_model_dir))
+    s = ServerSettings.from_env()
+    assert s.scale == "crop" and s.native_max_pixels == 5000
+    handler = SegmentationHandler()
+    create_app(s, handler)
+    assert handler.predictor.scale == "crop" and handler.predictor.max_pixels == 5000
+    clean_env.setenv("GLUONSEG_INFERENCE_SCALE", "whole")
+    with pytest.raises(ClientError, match="GLUONSEG_INFERENCE_SCALE must be one of native, crop, got 'whole'"):
+        ServerSettings.from_env()
+    clean_env.setenv("GLUONSEG_INFERENCE_SCALE", "native")
+    clean_env.setenv("GLUONSEG_NATIVE_MAX_PIXELS", "0")
+    with pytest.raises(ClientError, match="GLUONSEG_NATIVE_MAX_PIXELS must be at least 1, got 0"):
+        ServerSettings.from_env()

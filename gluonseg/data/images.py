@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from gluonseg.errors import ClientError
 
@@ -22,13 +22,17 @@ Source = Union[str, Path, bytes]
 MAX_TRAINING_PIXELS = 178_956_970  # PIL's own bomb threshold (2 x its warning level)
 
 MASK_MODES = ("P", "L")
+# The channels hold JPEG images and PNG masks. Only these decoders see training bytes: Pillow's other
+# plugins (PSD, TGA, ...) have had memory-safety bugs (CVE-2026-25990, SECURITY.md), and a file that is
+# something else under a .jpg name is a data mistake to name, not to decode.
+FORMATS = ("JPEG", "PNG")
 
 
 def _open(source: Source, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS)
             # `import gluoncv` turns this process-wide flag on; truncated files must fail, not load gray.
             ImageFile.LOAD_TRUNCATED_IMAGES = False
             img.load()
@@ -36,6 +40,8 @@ def _open(source: Source, name: str) -> Image.Image:
         raise ClientError(f"{name}: image is too large (more than {MAX_TRAINING_PIXELS} pixels)") from None
     except FileNotFoundError:
         raise ClientError(f"{name}: file not found") from None
+    except UnidentifiedImageError:
+        raise ClientError(f"{name}: not a readable JPEG or PNG image") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ClientError(f"{name}: cannot decode image ({exc})") from None
     return img
@@ -89,9 +95,11 @@ def load_mask(source: Source, name: str) -> np.ndarray:
 def image_size(source: Source, name: str) -> tuple[int, int]:
     """(width, height) from the header only: no pixel decode."""
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS) as img:
             return img.size
     except FileNotFoundError:
         raise ClientError(f"{name}: file not found") from None
+    except UnidentifiedImageError:
+        raise ClientError(f"{name}: not a readable JPEG or PNG image") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ClientError(f"{name}: cannot decode image ({exc})") from None
