@@ -79,7 +79,7 @@ SERVED = ("a", "b", "c", "d", "e")
 
 def macs_key(key: str) -> str:
     """Which MAC count of benchmarks.machine_limit one request of a variant costs."""
-    return {"a": "native", "a'": "resized", "e": "request"}.get(key, "native")
+    return {"a": "native", "a'": "resized", "e": "request"}.get(key, "whole")
 
 
 # -- the picture and the models
@@ -615,7 +615,7 @@ def verdicts(results: dict[str, Any], limit: dict[str, Any]) -> list[str]:
             f"{mark(change >= -1.0)} (INT8 minus FP32: {change:+.2f} points). BF16: {bf16:.2f}x FP32 requests/s, mIoU "
             f"{100 * (acc['d']['miou'] - acc['b']['miou']):+.2f} points ({'wins' if bf16 > 1 else 'does not win'}).",
             f"- {algorithm}: crop scale (e), the faster option: {crop:.2f}x (b)'s requests/s "
-            f"({macs['request'] / 1e9:.1f} against {macs['native'] / 1e9:.1f} GMAC); its masks equal stock "
+            f"({macs['request'] / 1e9:.1f} against {macs['whole'] / 1e9:.1f} GMAC); its masks equal stock "
             f"predict() at the same scale (a') on "
             f"{acc['e']['picture_vs_a_prime']:.2%} of the picture and (a) on {acc['e']['picture_vs_a']:.2%}; "
             f"validation mIoU {100 * (acc['e']['miou'] - acc['b']['miou']):+.2f} points against (b).",
@@ -727,7 +727,7 @@ def main() -> None:
 
             write_section("serving", text)
         return
-    if limit is None or limit["crop"] != args.serve_crop:
+    if limit is None or limit["crop"] != args.serve_crop or any("whole" not in m for m in limit["macs"].values()):
         subprocess.run(
             [sys.executable, "-m", "benchmarks.machine_limit", "--crop", str(args.serve_crop), "--no-record"],
             check=True,

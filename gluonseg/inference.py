@@ -313,13 +313,14 @@ class Predictor:
             calibration_images=calibration_images or DEFAULT_CALIBRATION_IMAGES,
         )
         log.info(
-            "loaded %s (%s on %s, %d classes, crop %d, %s)",
+            "loaded %s (%s on %s, %d classes, crop %d, %s, %s scale)",
             artifact.params_path,
             hp.algorithm,
             hp.backbone,
             artifact.num_classes,
             hp.crop_size,
             used,
+            scale,
         )
         return cls(
             net,

@@ -193,25 +193,32 @@ def test_predict_writes_masks_and_overlays_and_reports_bad_files(tmp_path, train
 
 
 def test_predict_and_transform_take_the_scale_flag(tmp_path, trained_model_dir, validation):
+    from gluonseg.codecs.decode import decode_probabilities
+
     images, _ = validation
     source = tmp_path / "in" / "wide.jpg"
     write_image(source, width=150, height=90, seed=9)
     image = load_image(source, source.name)
-    crop = Predictor.from_model_dir(trained_model_dir, scale="crop").predict_mask(image)
-    native = Predictor.from_model_dir(trained_model_dir).predict_mask(image)
-    assert not np.array_equal(crop, native)  # the picture tells the two scales apart
+    crop = Predictor.from_model_dir(trained_model_dir, scale="crop").predict(image, want_probabilities=True)
+    native = Predictor.from_model_dir(trained_model_dir).predict(image, want_probabilities=True)
+    assert np.abs(crop.probabilities - native.probabilities).max() > 1e-3  # the two scales are told apart
 
     out = tmp_path / "predicted"
     proc = gluonseg("predict", "--model-dir", trained_model_dir, source, "--out", out, "--scale", "crop")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fp32, crop scale)" in proc.stdout + proc.stderr
     with Image.open(out / "wide_mask.png") as mask_png:
-        assert np.array_equal(np.asarray(mask_png), crop)
+        assert np.array_equal(np.asarray(mask_png), crop.mask)
 
-    transformed = tmp_path / "transformed"
-    proc = gluonseg("transform", "--model-dir", trained_model_dir, "--input", source.parent, "--output", transformed)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with Image.open(transformed / "wide.jpg.out") as mask_png:
-        assert np.array_equal(np.asarray(mask_png), native)
+    for scale, expected in (("crop", crop), ("native", native)):
+        transformed = tmp_path / f"transformed-{scale}"
+        proc = gluonseg(
+            "transform", "--model-dir", trained_model_dir, "--input", source.parent, "--output", transformed,
+            "--accept", "application/x-protobuf", "--scale", scale,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = decode_probabilities((transformed / "wide.jpg.out").read_bytes())
+        np.testing.assert_allclose(got.reshape(expected.probabilities.shape), expected.probabilities, atol=1e-5)
 
     proc = gluonseg("evaluate", "--model-dir", trained_model_dir, "--images", images, "--masks", images, "--scale", "x")
     assert proc.returncode == 2 and "invalid choice: 'x'" in proc.stderr
