@@ -553,7 +553,11 @@ def report(results: dict[str, Any], limit: dict[str, Any], args) -> str:
         f"generated validation set ({results['validation_images']} images, models as trained at crop "
         f"{results['train_crop']}): equal pixels against (a) and (b), and mIoU (all classes, as training reports "
         "it). INT8 ranges were calibrated on the first "
-        f"{CALIBRATION_IMAGES} of these validation images.",
+        f"{CALIBRATION_IMAGES} of these validation images. The generated validation pictures have sides that "
+        "are not multiples of 8: native scale pads those to the next multiple of 8 (the pooled branches of PSP "
+        "and DeepLab must meet the feature map exactly) and crops the answer, where stock predict() resizes to "
+        "the unpadded size, so (b) and (a) differ along the right and bottom edges there; on the 800x600 "
+        "picture (multiples of 8) they are the same computation.",
         "",
         "| model | variant | picture: = (a) | picture: = (a') | picture: pixel accuracy | validation: = (a) | "
         "validation: = (b) | validation mIoU | mIoU minus (b), points |",
