@@ -112,7 +112,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_dir=args.model_dir,
         port=args.port,
         workers=args.workers,
-        **_inference_options(args),
+        **_server_names(_inference_options(args)),
     )
     if not (settings.model_dir / "hyperparams.json").exists():
         raise ClientError(f"--model-dir {settings.model_dir} is not a model folder (no hyperparams.json)")
@@ -123,8 +123,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_transform(args: argparse.Namespace) -> int:
     from serve.batch import transform_folder
 
-    options = _inference_options(args)
-    options["native_max_pixels"] = options.pop("max_pixels")
+    options = _server_names(_inference_options(args))  # the handler Context's names
     results = transform_folder(
         args.model_dir,
         args.input,
@@ -208,14 +207,21 @@ def _add_inference_options(p: argparse.ArgumentParser, serve: bool = False) -> N
 
 
 def _inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The inference flags given (Predictor.from_model_dir's names); an absent flag keeps the default."""
     if args.max_native_pixels is not None and args.max_native_pixels < 1:
         raise ClientError(f"--max-native-pixels must be at least 1, got {args.max_native_pixels}")
-    return {
+    given = {
         "precision": args.precision,
         "calibration_dir": args.calibration,
         "scale": args.scale,
         "max_pixels": args.max_native_pixels,
     }
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _server_names(options: dict[str, Any]) -> dict[str, Any]:
+    """Predictor option names -> ServerSettings field names."""
+    return {"native_max_pixels" if name == "max_pixels" else name: value for name, value in options.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -139,7 +139,7 @@ def evaluate_folder(
     With `out`, writes OUT/report.json and OUT/confusion_matrix.png. `progress`: True for a tqdm bar,
     False for log lines, None to decide by whether stderr is a terminal. Bad data raises ClientError
     naming the files, before the model is loaded. `inference`: Predictor.from_model_dir's precision,
-    calibration_dir, scale, max_pixels (None: the default).
+    calibration_dir, scale, max_pixels.
     """
     import json
 
@@ -154,7 +154,7 @@ def evaluate_folder(
     log.info("evaluating %s on %d image(s) from %s", model_dir, len(samples), images)
 
     start = time.perf_counter()
-    predictor = Predictor.from_model_dir(model_dir, **{k: v for k, v in inference.items() if v is not None})
+    predictor = Predictor.from_model_dir(model_dir, **inference)
     cm = _score(predictor, samples, label_map, progress)
     report = build_report(cm, predictor.class_names, model_dir, len(samples), time.perf_counter() - start)
     if out is not None:

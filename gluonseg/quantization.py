@@ -143,18 +143,18 @@ def quantize_network(net: gluon.HybridBlock, tiles: np.ndarray) -> gluon.SymbolB
 
 
 def to_bfloat16(
-    net: gluon.HybridBlock, crop_size: int, ctx: mx.Context, width: int | None = None
+    net: gluon.HybridBlock, height: int, width: int, ctx: mx.Context
 ) -> tuple[gluon.HybridBlock, str]:
     """(BF16 network, 'bf16'), or (`net`, 'fp32') with a logged reason when MXNet cannot run it here.
 
-    The network is traced on a (1, 3, crop_size, width or crop_size) input: the shape its graph is built for.
+    The network is traced on a (1, 3, height, width) input: the shape its graph is built for.
     """
     from mxnet.contrib import amp
     from mxnet.contrib.amp.lists import symbol_bf16
 
     if "avx512_bf16" not in _cpu_flags() and "amx_bf16" not in _cpu_flags():
         log.warning("this CPU has no native BF16 instructions: oneDNN emulates them, usually slower than FP32")
-    zeros = mx.nd.zeros((1, 3, crop_size, width or crop_size), ctx=ctx)
+    zeros = mx.nd.zeros((1, 3, height, width), ctx=ctx)
     try:
         net.hybridize()
         _first_output(net(zeros)).wait_to_read()  # the converter needs a traced graph
@@ -217,14 +217,23 @@ def load_int8(artifact: ModelArtifact, ctx: mx.Context) -> gluon.SymbolBlock | N
         raise ClientError(f"{symbol}: cannot load the INT8 model ({str(exc).strip().splitlines()[0][:200]})") from None
 
 
+def _inference_network(artifact: ModelArtifact, ctx: mx.Context) -> gluon.HybridBlock:
+    """The model folder's FP32 network without the aux head."""
+    from gluonseg.models import load_trained_network
+
+    hp = artifact.hp
+    return load_trained_network(
+        artifact.params_path, hp.algorithm, hp.backbone, artifact.num_classes, hp.crop_size, hp.base_size,
+        ctx=ctx, aux=False,
+    )  # fmt: skip
+
+
 def export_int8(model_dir: Path, calibration_dir: Path, num_images: int = DEFAULT_CALIBRATION_IMAGES) -> dict[str, Any]:
     """Quantize the model folder's network on `calibration_dir`'s images; write the INT8 files into the folder.
 
     Returns the record written to model-int8.json. The files are written under temporary names and renamed,
     the record last, so a reader never sees a half-written model.
     """
-    from gluonseg.models import load_trained_network
-
     start = time.perf_counter()
     folder = Path(model_dir)
     artifact = read_model_dir(folder)
@@ -234,16 +243,7 @@ def export_int8(model_dir: Path, calibration_dir: Path, num_images: int = DEFAUL
     hp = artifact.hp
     paths = calibration_image_paths(Path(calibration_dir), num_images)
     tiles = calibration_tiles(paths, hp.crop_size)
-    net = load_trained_network(
-        artifact.params_path,
-        hp.algorithm,
-        hp.backbone,
-        artifact.num_classes,
-        hp.crop_size,
-        hp.base_size,
-        ctx=mx.cpu(),
-        aux=False,
-    )
+    net = _inference_network(artifact, mx.cpu())
     qnet = quantize_network(net, tiles)
     # export() saves the parameters the cached graph was built with, so it needs one forward pass first.
     qnet.hybridize()
@@ -290,8 +290,6 @@ def network_for_precision(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
 ) -> tuple[gluon.HybridBlock, str]:
     """(network without the aux head, precision it runs in) for a model folder; see the module docstring."""
-    from gluonseg.models import load_trained_network
-
     precision = check_precision(precision)
     if precision != "fp32":
         reason = unsupported_reason(ctx)
@@ -306,21 +304,12 @@ def network_for_precision(
         if calibration_dir is None:
             raise ClientError(
                 f"precision int8 needs {INT8_SYMBOL} in the model folder {artifact.folder} (made by "
-                "`python -m gluonseg.quantization --model-dir M --calibration DIR`) or calibration images "
+                "`gluonseg quantize --model-dir M --calibration DIR`) or calibration images "
                 "(GLUONSEG_CALIBRATION_DIR)"
             )
         paths = calibration_image_paths(Path(calibration_dir), calibration_images)  # fail before the slow part
     hp = artifact.hp
-    net = load_trained_network(
-        artifact.params_path,
-        hp.algorithm,
-        hp.backbone,
-        artifact.num_classes,
-        hp.crop_size,
-        hp.base_size,
-        ctx=ctx,
-        aux=False,
-    )
+    net = _inference_network(artifact, ctx)
     if precision == "int8":
         start = time.perf_counter()
         tiles = calibration_tiles(paths, hp.crop_size)
@@ -334,14 +323,14 @@ def network_for_precision(
         )
         return qnet, "int8"
     if precision == "bf16":
-        return to_bfloat16(net, hp.crop_size, ctx)
+        return to_bfloat16(net, hp.crop_size, hp.crop_size, ctx)
     return net, "fp32"
 
 
 def bfloat16_at_shape(fp32: gluon.HybridBlock, height: int, width: int, ctx: mx.Context) -> gluon.HybridBlock:
     """A native-scale graph of a BF16 network, converted at its own shape (gluonseg.shape_graphs): MXNet's
     BF16 graphs only run with the parameter types the converter chose for the shape it traced."""
-    converted, used = to_bfloat16(fp32, height, ctx, width)
+    converted, used = to_bfloat16(fp32, height, width, ctx)
     if used != "bf16":
         raise RuntimeError(f"BF16 conversion failed for a {width}x{height} input")
     return converted

@@ -153,7 +153,7 @@ def predict_files(
 
     if not 0.0 <= alpha <= 1.0:
         raise ClientError(f"alpha must be between 0 and 1, got {alpha}")
-    predictor = Predictor.from_model_dir(Path(model_dir), **{k: v for k, v in inference.items() if v is not None})
+    predictor = Predictor.from_model_dir(Path(model_dir), **inference)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stems: dict[str, str] = {}

@@ -82,8 +82,7 @@ def transform_folder(
     progress: bool | None = None,
     **inference: Any,
 ) -> list[TransformResult]:
-    """`inference`: the handler Context's precision, calibration_dir, scale, native_max_pixels (None: default)."""
-    inference = {k: v for k, v in inference.items() if v is not None}
+    """`inference`: the handler Context's precision, calibration_dir, scale, native_max_pixels."""
     if not input_dir.is_dir():
         raise ClientError(f"--input {input_dir} is not a folder")
     files = list(input_files(input_dir))

@@ -90,11 +90,11 @@ def settings_with(
 ) -> ServerSettings:
     """CLI overrides (`gluonseg serve --model-dir M --port P --workers N [--precision ..] [--scale ..]`).
 
-    `inference`: precision, calibration_dir, scale; None leaves the environment's value.
+    `inference`: ServerSettings fields (precision, calibration_dir, scale, native_max_pixels) to override.
     """
     from serve.settings import cpu_count
 
-    changes: dict[str, Any] = {k: v for k, v in inference.items() if v is not None}
+    changes: dict[str, Any] = dict(inference)
     if model_dir is not None:
         changes["model_dir"] = model_dir
     if port is not None:

@@ -132,3 +132,19 @@ def test_inference_scale_from_the_environment_reaches_the_predictor(clean_env, t
     clean_env.setenv("GLUONSEG_NATIVE_MAX_PIXELS", "0")
     with pytest.raises(ClientError, match="GLUONSEG_NATIVE_MAX_PIXELS must be at least 1, got 0"):
         ServerSettings.from_env()
+
+
+def test_serve_flags_override_the_inference_settings_and_leave_the_decode_bound(clean_env, tmp_path):
+    from gluonseg.cli import _inference_options, _server_names, build_parser
+    from serve.entry import settings_with
+
+    clean_env.delenv("GLUONSEG_MAX_PIXELS", raising=False)
+    base = ServerSettings.from_env()
+    args = build_parser().parse_args(
+        ["serve", "--model-dir", str(tmp_path), "--scale", "crop", "--max-native-pixels", "5000", "--precision", "bf16"]
+    )
+    s = settings_with(base, model_dir=args.model_dir, **_server_names(_inference_options(args)))
+    assert (s.scale, s.native_max_pixels, s.precision) == ("crop", 5000, "bf16")
+    assert s.max_pixels == base.max_pixels  # the decompression-bomb bound is another setting
+    unset = build_parser().parse_args(["serve", "--model-dir", str(tmp_path)])
+    assert settings_with(base, **_server_names(_inference_options(unset))) == base
