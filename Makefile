@@ -12,9 +12,18 @@ export OMP_NUM_THREADS ?= 2
 export MXNET_ENGINE_TYPE ?= ThreadedEnginePerDevice
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: install test lint demo bench audit clean proto
+.PHONY: install test lint demo bench audit clean proto nginx
 
-install: $(STAMP)
+install: $(STAMP) nginx
+
+# The scoring server runs nginx in front of gunicorn (serve/entry.py): Debian's package, as root.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+	  else \
+	    echo "nginx is missing and this is not root; run: sudo apt-get install -y nginx"; exit 1; \
+	  fi; }
 
 $(STAMP): requirements.lock setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }

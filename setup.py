@@ -36,7 +36,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["gluonseg", "gluonseg.*", "serve", "serve.*"]),
-    package_data={"gluonseg": ["*.json", "codecs/*.proto"]},
+    package_data={"gluonseg": ["*.json", "codecs/*.proto"], "serve": ["nginx.conf.template"]},
     include_package_data=True,
     # Versions are pinned in requirements.lock and installed from it (--no-deps); these are the
     # direct needs only, so `pip check` can tell when the lock misses something.

@@ -8,7 +8,9 @@ Steps, in order (each its own process, so each sizes MXNet's thread pool for its
    batch 8, adam lr 0.001, GLUONSEG_SEED=0). Both are kept in --work and reused by later runs; an FCN from
    benchmarks.learning_check (same dataset and settings, more epochs) is reused with --learning-check-dir;
 4. training throughput (benchmarks.training_throughput);
-5. serving side by side (benchmarks.serving), including the INT8 export of each model.
+5. serving side by side (benchmarks.serving), including the INT8 export of each model;
+6. gunicorn alone against nginx + gunicorn under concurrency 1-16 (benchmarks.serving_front);
+7. one worker's memory over pictures of varied sizes, FCN, PSP and DeepLab (benchmarks.worker_memory).
 
 Run: .venv/bin/python -m benchmarks.run_all [--work DIR] [--epochs 6] [--learning-check-dir DIR] [--quick]
 --quick: a tiny dataset, one epoch, small crops and short load runs, nothing written to BENCHMARKS.md: checks
@@ -158,6 +160,16 @@ def main() -> None:
     if args.quick:
         serving += ["--seconds", "2", "--min-requests", "2", "--profile-runs", "2", "--memory-requests", "20"]
     run_step("serving", serving, timings)
+
+    front = ["benchmarks.serving_front", *record]
+    if args.quick:
+        front += ["--seconds", "5", "--levels", "1", "4"]
+    run_step("serving front", front, timings)
+
+    memory = ["benchmarks.worker_memory", *record]
+    if args.quick:
+        memory += ["--requests", "fcn=4", "psp=4", "deeplab=4"]
+    run_step("worker memory", memory, timings)
 
     total = time.perf_counter() - start
     lines = [

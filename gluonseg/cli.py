@@ -112,12 +112,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_dir=args.model_dir,
         port=args.port,
         workers=args.workers,
+        proxy=False if args.no_proxy else None,
         **_server_names(_inference_options(args)),
     )
     if not (settings.model_dir / "hyperparams.json").exists():
         raise ClientError(f"--model-dir {settings.model_dir} is not a model folder (no hyperparams.json)")
-    run(settings, host=args.host)
-    return 0
+    return run(settings, host=args.host)
 
 
 def _cmd_transform(args: argparse.Namespace) -> int:
@@ -267,11 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="hyperparameters, e.g. num_classes=5 epochs=3")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("serve", help="run the scoring server (gunicorn) on a local model folder")
+    p = sub.add_parser("serve", help="run the scoring server (nginx + gunicorn) on a local model folder")
     p.add_argument("--model-dir", type=Path, required=True, help="a model folder (hyperparams.json, ...)")
     p.add_argument("--port", type=int, help="port (default $SAGEMAKER_BIND_TO_PORT or 8080)")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--no-proxy",
+        action="store_true",
+        help="gunicorn alone, without nginx in front: for debugging only (slow clients can then starve /ping)",
+    )
     _add_inference_options(p, serve=True)
     p.set_defaults(func=_cmd_serve)
 

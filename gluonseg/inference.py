@@ -48,8 +48,9 @@ for bit, ties included (argmax of logits alone could differ where softmax rounds
 same float).
 
 Threads: a static-alloc CachedOp runs every call in the same preallocated memory, so one lock
-serialises the network calls (any shape) and the copy of their output to numpy; resizing and
-post-processing of concurrent requests run in parallel.
+serialises the network calls (any shape, with the look-up of the shape's graph, which may evict
+another's) and the copy of their output to numpy; resizing and post-processing of concurrent
+requests run in parallel.
 
 Precision: `from_model_dir(..., precision='int8'|'bf16')` swaps the network for a oneDNN INT8 or BF16
 graph of the same input and output shape (gluonseg.quantization); everything around it is unchanged.
@@ -264,7 +265,7 @@ class Predictor:
         self.precision = precision  # what the network runs in: 'fp32', 'int8' or 'bf16'
         self.scale = scale
         self.max_pixels = int(max_pixels)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         net.hybridize(static_alloc=True, static_shape=True)
         # Trace and plan memory now, so the first request is not the slow one.
         warm = self._forward_tile(np.zeros((3, self._crop_size, self._crop_size), dtype=np.float32))
@@ -381,10 +382,12 @@ class Predictor:
         canvas_h, canvas_w = native_canvas_shape(new_h, new_w)
         if (canvas_h, canvas_w) != (new_h, new_w):
             data = np.pad(data, ((0, 0), (0, canvas_h - new_h), (0, canvas_w - new_w)))
+        # Getting the shape's graph and running it form one step: another thread's new shape may evict
+        # (and release) this graph, which must not happen between the two.
         with self._lock:
             if self._native is None:
                 self._native = ShapeGraphs(self.net, self._crop_size, self.ctx, GRAPH_CACHE, self._shape_converter())
-        logits = self._forward(self._native.get(canvas_h, canvas_w), data)
+            logits = self._forward(self._native.get(canvas_h, canvas_w), data)
         return logits[:, :new_h, :new_w]
 
     def averaged_logits(self, image: np.ndarray) -> np.ndarray:

@@ -10,13 +10,20 @@ static-alloc `SymbolBlock` over the same parameter arrays (no second copy of the
 other op is size-agnostic, so the result is exactly what `predict()` computes on that input.
 
 Compiled graphs are kept in a small LRU: each holds a memory plan for its shape, so the cache size
-bounds a worker's memory when images of many sizes arrive.
+bounds a worker's memory when images of many sizes arrive. That bound only holds if an evicted graph's
+memory really goes: a Gluon block sits in reference cycles, so dropping it from the LRU left its
+CachedOp (and its static memory, hundreds of MB for a 1 MP canvas) alive until Python's cyclic
+collector happened to run: a worker grew by ~250 MB a request on pictures of varied sizes. Eviction
+therefore releases the CachedOp explicitly and collects the cycles at once.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import logging
+import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -29,6 +36,14 @@ from mxnet import gluon
 log = logging.getLogger(__name__)
 
 RESIZE_OP = "_contrib_BilinearResize2D"
+# MXNet keeps oneDNN primitives per op signature (input shapes included) in caches that are unbounded
+# by default: one more set for every new picture shape, for the life of the worker. This bounds each
+# while holding the distinct convolutions of the two graphs kept (28 each for FCN-ResNet-50), so a
+# forward pass does not rebuild its own primitives. MXNet reads the variable once, at the first
+# oneDNN operator of the process: it is set when this module is imported, before any forward pass.
+# An operator's own setting is kept.
+MKLDNN_CACHE_ENTRIES = 64
+os.environ.setdefault("MXNET_MKLDNN_CACHE_NUM", str(MKLDNN_CACHE_ENTRIES))
 MULTIPLE = 8  # the backbone's output stride: the pooled branches must meet the feature map exactly
 
 
@@ -62,6 +77,22 @@ def respecialise(symbol_json: str, crop_size: int, height: int, width: int) -> s
             raise ValueError(f"resize node {node.get('name')} targets {key}, not a size derived from crop {crop_size}")
         attrs["height"], attrs["width"] = (str(v) for v in targets[key])
     return json.dumps(graph)
+
+
+def _release(graph: gluon.HybridBlock) -> None:
+    """Free a compiled graph's static memory now, not whenever the cyclic collector runs."""
+    graph._clear_cached_op()  # noqa: SLF001 - Gluon's own way to drop a CachedOp and its memory plan
+    del graph
+    gc.collect()
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """Hand glibc's freed heap pages back to the OS (the plan's large buffers are mmap'd and go anyway)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class ShapeGraphs:
@@ -100,7 +131,8 @@ class ShapeGraphs:
             graph.hybridize(static_alloc=True, static_shape=True)
             self._graphs[key] = graph
             while len(self._graphs) > self._capacity:
-                (old_h, old_w), _ = self._graphs.popitem(last=False)
+                (old_h, old_w), old = self._graphs.popitem(last=False)
+                _release(old)
                 log.info("dropped the compiled graph for %dx%d inputs (cache of %d)", old_w, old_h, self._capacity)
             return graph
 

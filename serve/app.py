@@ -7,6 +7,7 @@ a JSON `{"error": ...}`; anything else is a 500 with a request id that is also i
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from flask import Flask, Response, jsonify, request
@@ -17,6 +18,8 @@ from serve.handler import Context, SegmentationHandler
 from serve.settings import ServerSettings
 
 log = logging.getLogger("gluonseg.serve")
+
+QUEUED_AT_HEADER = "X-Gluonseg-Queued-At"  # set by nginx (serve/nginx.conf.template)
 
 
 def _error(status: int, message: str) -> Response:
@@ -53,6 +56,16 @@ def _read_body(limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _seconds_in_queue(stamp: str | None) -> float | None:
+    """Seconds since nginx handed the request over (its $msec in QUEUED_AT_HEADER), if it says."""
+    if not stamp:
+        return None
+    try:
+        return max(0.0, time.time() - float(stamp))
+    except ValueError:
+        return None
+
+
 def create_app(settings: ServerSettings | None = None, handler: SegmentationHandler | None = None) -> Flask:
     settings = settings or ServerSettings.from_env()
     app = Flask("gluonseg")
@@ -76,6 +89,8 @@ def create_app(settings: ServerSettings | None = None, handler: SegmentationHand
             state["load_error"] = f"{type(exc).__name__}: {exc}"
             log.error("model failed to load from %s: %s", settings.model_dir, state["load_error"])
 
+    app.config["GLUONSEG_MODEL_LOADED"] = handler.initialized  # serve/workers.py marks the worker ready
+
     @app.get("/ping")
     def ping() -> Response:
         if handler.initialized:
@@ -97,6 +112,12 @@ def create_app(settings: ServerSettings | None = None, handler: SegmentationHand
     def invocations() -> Response:
         if not handler.initialized:
             return _error(503, "model not loaded")
+        waited = _seconds_in_queue(request.headers.get(QUEUED_AT_HEADER))
+        if waited is not None and waited >= settings.timeout_s:
+            # nginx has already answered 504 and closed: running the network would only delay the
+            # requests queued behind this one.
+            log.warning("skipped a request that waited %.1f s for a worker (timeout %d s)", waited, settings.timeout_s)
+            return _error(504, f"the request waited {waited:.1f} s for a worker, over SAGEMAKER_MODEL_SERVER_TIMEOUT")
         body = _read_body(settings.max_payload_bytes)
         context.request_headers = [dict(request.headers)]
         ((payload, content_type),) = handler.handle([{"body": body}], context)

@@ -19,6 +19,7 @@ from typing import Any
 from gluonseg.codecs.content_types import JPEG
 from gluonseg.errors import ClientError, RequestError
 from serve.handler import Context, SegmentationHandler
+from serve.workers import prepare_worker_process
 
 log = logging.getLogger("gluonseg.transform")
 
@@ -43,7 +44,7 @@ def input_files(root: Path) -> Iterator[Path]:
 def _init_worker(
     model_dir: str, accept: str, content_type: str, max_pixels: int, threads: int, inference: dict[str, Any]
 ) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    prepare_worker_process(threads)
     handler = SegmentationHandler()
     context = Context(Path(model_dir), default_accept=accept, max_pixels=max_pixels, **inference)
     handler.initialize(context)

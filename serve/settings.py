@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gluonseg.errors import ClientError
+from serve.capacity import default_workers
 
 DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT_S = 60
@@ -16,6 +17,13 @@ DEFAULT_MAX_PIXELS = 36_000_000  # ~6000 x 6000; a JPEG under 6 MB can declare f
 PRECISIONS = ("fp32", "int8", "bf16")  # as gluonseg.quantization.PRECISIONS
 SCALES = ("native", "crop")  # as gluonseg.inference.SCALES
 DEFAULT_NATIVE_MAX_PIXELS = 1 << 20  # as gluonseg.inference.NATIVE_MAX_PIXELS
+# The nginx front (serve/nginx.conf.template). Timeouts in seconds; README "Serving stack" says why each.
+DEFAULT_QUEUE_PER_WORKER = 4  # waiting requests per worker: ~4 requests' time stays well inside 60 s
+DEFAULT_CLIENT_HEADER_TIMEOUT_S = 10  # the whole header
+DEFAULT_CLIENT_BODY_TIMEOUT_S = 10  # between two reads of the body
+DEFAULT_SEND_TIMEOUT_S = 30  # between two writes of the answer
+DEFAULT_KEEPALIVE_TIMEOUT_S = 75  # longer than a load balancer's 60 s idle timeout
+DEFAULT_DRAIN_TIMEOUT_S = 25  # SIGTERM: in-flight requests get this long; SageMaker kills at 30 s
 
 
 def _env(*names: str) -> str | None:
@@ -36,6 +44,21 @@ def _int(value: str | None, name: str, default: int, low: int = 1) -> int:
     if number < low:
         raise ClientError(f"{name} must be at least {low}, got {number}")
     return number
+
+
+def _seconds(name: str, default: int) -> int:
+    return _int(_env(name), name, default)
+
+
+def _bool(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    text = value.strip().lower()
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise ClientError(f"{name} must be true or false, got {value!r}")
 
 
 def _precision(value: str | None) -> str:
@@ -75,6 +98,20 @@ class ServerSettings:
     calibration_dir: Path | None = None  # GLUONSEG_CALIBRATION_DIR: images to calibrate INT8 at load
     scale: str = SCALES[0]  # GLUONSEG_INFERENCE_SCALE: native | crop (gluonseg.inference)
     native_max_pixels: int = DEFAULT_NATIVE_MAX_PIXELS  # GLUONSEG_NATIVE_MAX_PIXELS: larger pictures are scaled down
+    proxy: bool = True  # nginx in front (GLUONSEG_NO_PROXY=true or --no-proxy: gunicorn alone, for debugging)
+    max_queue: int | None = None  # GLUONSEG_MAX_QUEUE: requests waiting for a worker; None: 4 per worker
+    client_header_timeout_s: int = DEFAULT_CLIENT_HEADER_TIMEOUT_S  # GLUONSEG_CLIENT_HEADER_TIMEOUT
+    client_body_timeout_s: int = DEFAULT_CLIENT_BODY_TIMEOUT_S  # GLUONSEG_CLIENT_BODY_TIMEOUT
+    send_timeout_s: int = DEFAULT_SEND_TIMEOUT_S  # GLUONSEG_SEND_TIMEOUT
+    keepalive_timeout_s: int = DEFAULT_KEEPALIVE_TIMEOUT_S  # GLUONSEG_KEEPALIVE_TIMEOUT
+    drain_timeout_s: int = DEFAULT_DRAIN_TIMEOUT_S  # GLUONSEG_DRAIN_TIMEOUT
+    runtime_dir: Path | None = None  # GLUONSEG_RUNTIME_DIR: nginx config, socket, flags (default: a new temp dir)
+    workers_note: str = ""  # how the worker count was chosen, for the start-up log
+    workers_asked: bool = False  # the count came from SAGEMAKER_MODEL_SERVER_WORKERS (or --workers)
+
+    @property
+    def queue_limit(self) -> int:
+        return self.max_queue if self.max_queue is not None else DEFAULT_QUEUE_PER_WORKER * self.workers
 
     @property
     def max_payload_bytes(self) -> int:
@@ -85,11 +122,18 @@ class ServerSettings:
         base = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
         model_dir = Path(_env("GLUONSEG_MODEL_DIR") or base / "model")
         cores = cpu_count()
-        # One worker per core by default: each request is one CPU-bound forward pass, and MXNet's
-        # OpenMP pool is then given cores // workers threads so the workers do not fight over cores.
-        workers = _int(
-            _env("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"), "SAGEMAKER_MODEL_SERVER_WORKERS", cores
+        native_max_pixels = _int(
+            _env("GLUONSEG_NATIVE_MAX_PIXELS"), "GLUONSEG_NATIVE_MAX_PIXELS", DEFAULT_NATIVE_MAX_PIXELS
         )
+        asked = _env("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS")
+        if asked is not None:
+            workers = _int(asked, "SAGEMAKER_MODEL_SERVER_WORKERS", 1)
+            note = f"{workers} worker(s), as SAGEMAKER_MODEL_SERVER_WORKERS asks"
+        else:
+            # One worker per core (each request is one CPU-bound forward pass; MXNet's OpenMP pool gets
+            # cores // workers threads), but never more than the memory holds.
+            peak = _int(_env("GLUONSEG_WORKER_MEMORY_MB"), "GLUONSEG_WORKER_MEMORY_MB", 0, low=0)
+            workers, note = default_workers(cores, model_dir, native_max_pixels, peak_mb=peak or None)
         batch = (_env("SAGEMAKER_BATCH") or "false").strip().lower() == "true"
         payload = _int(_env("SAGEMAKER_MAX_PAYLOAD_IN_MB"), "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB)
         return cls(
@@ -109,7 +153,15 @@ class ServerSettings:
             precision=_precision(_env("GLUONSEG_PRECISION")),
             calibration_dir=Path(calibration) if (calibration := _env("GLUONSEG_CALIBRATION_DIR")) else None,
             scale=_scale(_env("GLUONSEG_INFERENCE_SCALE")),
-            native_max_pixels=_int(
-                _env("GLUONSEG_NATIVE_MAX_PIXELS"), "GLUONSEG_NATIVE_MAX_PIXELS", DEFAULT_NATIVE_MAX_PIXELS
-            ),
+            native_max_pixels=native_max_pixels,
+            proxy=not _bool(_env("GLUONSEG_NO_PROXY"), "GLUONSEG_NO_PROXY"),
+            max_queue=_int(q, "GLUONSEG_MAX_QUEUE", 0, low=0) if (q := _env("GLUONSEG_MAX_QUEUE")) else None,
+            client_header_timeout_s=_seconds("GLUONSEG_CLIENT_HEADER_TIMEOUT", DEFAULT_CLIENT_HEADER_TIMEOUT_S),
+            client_body_timeout_s=_seconds("GLUONSEG_CLIENT_BODY_TIMEOUT", DEFAULT_CLIENT_BODY_TIMEOUT_S),
+            send_timeout_s=_seconds("GLUONSEG_SEND_TIMEOUT", DEFAULT_SEND_TIMEOUT_S),
+            keepalive_timeout_s=_seconds("GLUONSEG_KEEPALIVE_TIMEOUT", DEFAULT_KEEPALIVE_TIMEOUT_S),
+            drain_timeout_s=_seconds("GLUONSEG_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT_S),
+            runtime_dir=Path(runtime) if (runtime := _env("GLUONSEG_RUNTIME_DIR")) else None,
+            workers_note=note,
+            workers_asked=asked is not None,
         )

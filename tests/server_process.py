@@ -1,7 +1,8 @@
-"""Start the real `serve` command (gunicorn) on a free loopback port, and stop it."""
+"""Start the real `serve` command (nginx + gunicorn) on a free loopback port, and stop it."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -19,6 +20,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Server:
     def __init__(self, model_dir: Path, workers: int = 2, **env: str):
         self.port = free_port()
@@ -33,6 +38,8 @@ class Server:
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers),
             **env,
         }
+        self.runtime = base / f"runtime-{self.port}"
+        self.env.setdefault("GLUONSEG_RUNTIME_DIR", str(self.runtime))
         self.proc: subprocess.Popen | None = None
         self.log_path = base / f"server-{self.port}.log"
 
@@ -44,7 +51,15 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # a test or benchmark that dies takes its server along
         )
+        try:
+            return self._wait_ready(wait_ready, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, wait_ready: bool, timeout: float) -> Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -64,8 +79,16 @@ class Server:
         self.log.flush()
         return self.log_path.read_text()
 
+    def master_pid(self) -> int:
+        """gunicorn's master: the supervisor's child behind nginx, the `serve` process itself without it."""
+        pid_file = Path(self.env["GLUONSEG_RUNTIME_DIR"]) / "gunicorn.pid"
+        return int(pid_file.read_text()) if pid_file.exists() else self.proc.pid
+
+    def nginx_pid(self) -> int:
+        return int((Path(self.env["GLUONSEG_RUNTIME_DIR"]) / "nginx.pid").read_text())
+
     def worker_pids(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        out = subprocess.run(["pgrep", "-P", str(self.master_pid())], capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]
 
     def stop(self, timeout: float = 60) -> int:
@@ -74,7 +97,7 @@ class Server:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(self.proc.pid, signal.SIGKILL)  # nginx and gunicorn die with it (PR_SET_PDEATHSIG)
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode

@@ -184,13 +184,24 @@ def test_decompression_bomb_is_413(server):
 
 
 def test_sixteen_concurrent_requests_all_answered_correctly(server):
+    """16 clients at once against 2 workers + 8 waiting (GLUONSEG_MAX_QUEUE's default): the rest are told
+    503 + Retry-After at once, and a client that waits as told is then answered, correctly."""
     bodies = [jpeg_bytes(64 + 5 * i, 48 + 3 * i, seed=i) for i in range(16)]
     serial = [png_mask(post(server, b)) for b in bodies]
+    busy = []
+
+    def post_until_served(body):
+        while (r := post(server, body)).status_code == 503:
+            busy.append(r)
+            time.sleep(float(r.headers["Retry-After"]))
+        return r
+
     with ThreadPoolExecutor(16) as pool:
-        responses = list(pool.map(lambda b: post(server, b), bodies))
+        responses = list(pool.map(post_until_served, bodies))
     for i, r in enumerate(responses):
         assert r.status_code == 200
         assert np.array_equal(png_mask(r), serial[i])
+    assert all("GLUONSEG_MAX_QUEUE" in r.json()["error"] for r in busy)
     assert requests.get(server.url + "/ping", timeout=2).status_code == 200
 
 

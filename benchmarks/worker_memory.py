@@ -1,0 +1,163 @@
+"""One worker's memory over many pictures of varied sizes, through the real server, for FCN, PSP and DeepLabV3.
+
+One `serve` (nginx + gunicorn), one worker (all cores), native scale, FP32. Requests: JPEGs of random
+sizes, 300-1000 px a side (as phone and web pictures come). RSS (/proc/<pid>/status) after every
+request and the worker's peak (VmHWM). A worker's RSS at any moment depends on the two picture shapes
+whose compiled graphs it holds (gluonseg.shape_graphs), so growth is read on like-for-like moments:
+every 50th request pair is 1000x1000 then 992x1000 (the largest canvases), and the RSS after those
+probes is compared: first probe after warm-up (request 100) against the last. Also reported: the
+highest RSS in the second and in the last tenth of the run.
+
+Models: ResNet-50, 21 classes, crop 240, random weights (memory does not depend on their values).
+
+Run: .venv/bin/python -m benchmarks.worker_memory [--requests fcn=1000 psp=1000 deeplab=1000] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+from benchmarks.report import write_section
+from serve.capacity import RESERVED_MB
+from tests.server_process import Server
+
+PROBE_EVERY = 50
+INSTANCES = {"ml.c5.xlarge": (4, 8), "ml.c5.2xlarge": (8, 16), "ml.m5.xlarge": (4, 16), "ml.c6i.4xlarge": (16, 32)}
+
+
+def build_model(folder: Path, algorithm: str) -> Path:
+    import mxnet as mx
+
+    from gluonseg.artifacts import BEST_PARAMS, write_hyperparams
+    from gluonseg.hyperparameters import parse
+    from gluonseg.models import build_network
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.random.seed(0)
+    net = build_network(algorithm, "resnet-50", num_classes=21, crop_size=240, base_size=240,
+                        pretrained_backbone=False, aux=True)
+    net(mx.nd.zeros((1, 3, 240, 240)))
+    net.save_parameters(str(folder / BEST_PARAMS))
+    hp = parse({"num_classes": "21", "num_training_samples": "1", "crop_size": "240", "base_size": "240",
+                "algorithm": algorithm, "use_pretrained_model": "False"})
+    write_hyperparams(folder, hp, meta={})
+    return folder
+
+
+def jpeg(width: int, height: int, seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def status_mb(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sizes(count: int, seed: int = 7) -> list[tuple[int, int]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        if i % PROBE_EVERY == PROBE_EVERY - 2:
+            out.append((1000, 1000))
+        elif i % PROBE_EVERY == PROBE_EVERY - 1:
+            out.append((1000, 992))
+        else:
+            out.append((rng.randint(300, 1000), rng.randint(300, 1000)))
+    return out
+
+
+def run(algorithm: str, count: int, root: Path) -> dict:
+    model = build_model(root / algorithm, algorithm)
+    server = Server(model, workers=1).start(timeout=600)
+    try:
+        (pid,) = server.worker_pids()
+        rss, start = [], time.monotonic()
+        for i, (w, h) in enumerate(sizes(count)):
+            r = requests.post(server.url + "/invocations", data=jpeg(w, h, i),
+                              headers={"Content-Type": "image/jpeg"}, timeout=300)
+            if r.status_code != 200:
+                raise RuntimeError(f"request {i} ({w}x{h}): {r.status_code} {r.text[:200]}")
+            rss.append(status_mb(pid, "VmRSS"))
+            if (i + 1) % 100 == 0:
+                print(f"{algorithm}: {i + 1} requests, RSS {rss[-1]:.0f} MB", flush=True)
+        peak = status_mb(pid, "VmHWM")
+        same_worker = server.worker_pids() == [pid]
+    finally:
+        server.stop()
+    probes = [rss[i] for i in range(PROBE_EVERY - 1, count, PROBE_EVERY)] or [rss[-1]]  # --quick: no probe yet
+    tenth = max(1, count // 10)
+    return {
+        "algorithm": algorithm,
+        "requests": count,
+        "seconds": time.monotonic() - start,
+        "after_first": rss[0],
+        "probes": probes,
+        "warm_probe": probes[1] if len(probes) > 1 else probes[0],
+        "last_probe": probes[-1],
+        "max_second_tenth": max(rss[tenth : 2 * tenth]),
+        "max_last_tenth": max(rss[-tenth:]),
+        "peak": peak,
+        "same_worker": same_worker,
+    }
+
+
+def render(results: list[dict]) -> str:
+    lines = [
+        "One worker (2 OpenMP threads), native scale, FP32, JPEGs of 300-1000 px a side; RSS in MB. "
+        f"Probe: RSS right after a 1000x1000 + 992x1000 pair, every {PROBE_EVERY} requests "
+        "(the same cached shapes each time); growth = last probe / probe at request 100 - 1.",
+        "",
+        "| model | requests | RSS after 1st | probe @100 | last probe | growth | max RSS 2nd tenth | max RSS last "
+        "tenth | peak (VmHWM) | worker replaced |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        growth = r["last_probe"] / r["warm_probe"] - 1
+        lines.append(
+            f"| {r['algorithm']}-resnet50 | {r['requests']} | {r['after_first']:.0f} | {r['warm_probe']:.0f} | "
+            f"{r['last_probe']:.0f} | {growth:+.1%} | {r['max_second_tenth']:.0f} | {r['max_last_tenth']:.0f} | "
+            f"{r['peak']:.0f} | {'no' if r['same_worker'] else 'YES'} |"
+        )
+    lines += ["", "Probes (MB): " + "; ".join(f"{r['algorithm']}: {', '.join(f'{p:.0f}' for p in r['probes'])}"
+                                             for r in results), ""]
+    lines += ["Workers each instance holds at these peaks (min(vCPU, (memory - "
+              f"{RESERVED_MB} MB) // peak), serve/capacity.py):", "",
+              "| instance | vCPU | memory GiB | " + " | ".join(r["algorithm"] for r in results) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in results) + " |"]
+    for name, (cpus, gib) in INSTANCES.items():
+        fits = [min(cpus, (gib * 1024 - RESERVED_MB) // r["peak"]) for r in results]
+        lines.append(f"| {name} | {cpus} | {gib} | " + " | ".join(f"{int(f)}" for f in fits) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", nargs="+", default=["fcn=1000", "psp=1000", "deeplab=1000"],
+                        help="ALGORITHM=COUNT for each model to run")
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    counts = {name: int(count) for name, count in (item.split("=") for item in args.requests)}
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [run(name, count, Path(tmp)) for name, count in counts.items()]
+    text = render(results)
+    print(text)
+    if not args.no_record:
+        write_section("worker memory", text)
+
+
+if __name__ == "__main__":
+    main()
