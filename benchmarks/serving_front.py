@@ -147,11 +147,15 @@ def render(alone: list[dict], front: list[dict], seconds: float) -> str:
         "| clients | setup | req/s | p50 s | p99 s | 503 (queue full) | other errors | /ping p99 s | pings failed |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    def ping(value: float) -> str:
+        return "none answered" if value != value else f"{value:.3f}"  # NaN: every ping failed
+
     for a, f in zip(alone, front, strict=True):
         for name, row in (("gunicorn alone", a), ("nginx + gunicorn", f)):
             lines.append(
                 f"| {row['clients']} | {name} | {row['rps']:.2f} | {row['p50']:.2f} | {row['p99']:.2f} | "
-                f"{row['busy']} | {row['errors']} | {row['ping_p99']:.3f} | {row['ping_failures']} of {row['pings']} |"
+                f"{row['busy']} | {row['errors']} | {ping(row['ping_p99'])} | "
+                f"{row['ping_failures']} of {row['pings']} |"
             )
     best = max(r["rps"] for r in front)
     at16 = front[-1]

@@ -14,11 +14,15 @@ from pathlib import Path
 
 MB = 1 << 20
 REFERENCE_PIXELS = 1 << 20  # the measured peaks below are at the default native bound (1 MP)
-# Peak RSS of one worker (MB) over 1,000 requests of 300-1000 px a side at the 1 MP native bound, FP32,
-# ResNet-50 (benchmarks/worker_memory.py); "activations" is the part that scales with the canvas.
-MEASURED_PEAK_MB = {"fcn": 1400, "psp": 1500, "deeplab": 1700}
-ACTIVATIONS_MB = {"fcn": 800, "psp": 850, "deeplab": 1050}
-RESNET101_EXTRA_MB = 250  # ResNet-101's extra parameters (~43 M floats) and its deeper memory plan
+# Peak RSS (VmHWM, MB) of one worker over 150-500 pictures of 300-1000 px a side at the 1 MP native
+# bound, FP32, ResNet-50, 21 classes (benchmarks/worker_memory.py, BENCHMARKS.md "worker memory").
+# "Activations" is the part that scales with the canvas: the peak less the worker's RSS once its model
+# is loaded (546, 700 and 625 MB, measured the same way).
+MEASURED_PEAK_MB = {"fcn": 1906, "psp": 3880, "deeplab": 2042}
+ACTIVATIONS_MB = {"fcn": 1360, "psp": 3180, "deeplab": 1417}
+# Not measured: ResNet-101 has 19 M more parameters than ResNet-50, held twice (the weights and
+# oneDNN's reordered copy), ~150 MB, plus a margin for its deeper memory plan.
+RESNET101_EXTRA_MB = 250
 RESERVED_MB = 300  # nginx, the gunicorn master and the page cache the model files need
 
 
