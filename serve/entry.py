@@ -16,6 +16,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,6 +153,8 @@ class Supervisor:
                 self.nginx.wait()
             if self.gunicorn is not None:
                 self.gunicorn.join()
+            if self.settings.runtime_dir is None:  # a temp folder of our own: socket, config, nginx's temp files
+                shutil.rmtree(self.runtime, ignore_errors=True)
 
 
 def run(settings: ServerSettings, host: str | None = None) -> int:

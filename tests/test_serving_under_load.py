@@ -10,11 +10,13 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -365,3 +367,13 @@ def test_no_proxy_serves_with_gunicorn_alone_and_warns(trained_model_dir):
         assert not (srv.runtime / "nginx.conf").exists()
     finally:
         assert srv.stop() == 0
+
+
+def test_a_runtime_folder_of_its_own_is_removed_at_exit(trained_model_dir):
+    srv = Server(trained_model_dir, workers=1, GLUONSEG_RUNTIME_DIR="").start()  # empty: unset
+    try:
+        runtime = Path(re.search(r"gunicorn on (\S+)/gunicorn\.sock", srv.output()).group(1))
+        assert (runtime / "nginx.conf").exists() and (runtime / "ready").exists()
+    finally:
+        assert srv.stop() == 0
+    assert not runtime.exists()
