@@ -41,6 +41,7 @@ proto:
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: install proto lint
 	$(PY) -m pytest -q tests

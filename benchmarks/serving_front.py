@@ -147,6 +147,7 @@ def render(alone: list[dict], front: list[dict], seconds: float) -> str:
         "| clients | setup | req/s | p50 s | p99 s | 503 (queue full) | other errors | /ping p99 s | pings failed |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
     def ping(value: float) -> str:
         return "none answered" if value != value else f"{value:.3f}"  # NaN: every ping failed
 

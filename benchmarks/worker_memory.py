@@ -11,12 +11,17 @@ highest RSS in the second and in the last tenth of the run.
 Models: ResNet-50, 21 classes, crop 240, random weights (memory does not depend on their values).
 
 Run: .venv/bin/python -m benchmarks.worker_memory [--requests fcn=1000 psp=1000 deeplab=1000] [--no-record]
+
+Each model's result is kept in benchmarks/results/worker_memory.json as soon as it is measured (with the
+machine), and a later run with `--resume` measures only the models missing there: a 1,000-request run is
+about half an hour per model on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import random
 import tempfile
 import time
@@ -26,11 +31,12 @@ import numpy as np
 import requests
 from PIL import Image
 
-from benchmarks.report import write_section
+from benchmarks.report import machine, write_section
 from serve.capacity import RESERVED_MB
 from tests.server_process import Server
 
 PROBE_EVERY = 50
+RESULTS = Path(__file__).parent / "results" / "worker_memory.json"
 INSTANCES = {"ml.c5.xlarge": (4, 8), "ml.c5.2xlarge": (8, 16), "ml.m5.xlarge": (4, 16), "ml.c6i.4xlarge": (16, 32)}
 
 
@@ -43,12 +49,21 @@ def build_model(folder: Path, algorithm: str) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     mx.random.seed(0)
-    net = build_network(algorithm, "resnet-50", num_classes=21, crop_size=240, base_size=240,
-                        pretrained_backbone=False, aux=True)
+    net = build_network(
+        algorithm, "resnet-50", num_classes=21, crop_size=240, base_size=240, pretrained_backbone=False, aux=True
+    )
     net(mx.nd.zeros((1, 3, 240, 240)))
     net.save_parameters(str(folder / BEST_PARAMS))
-    hp = parse({"num_classes": "21", "num_training_samples": "1", "crop_size": "240", "base_size": "240",
-                "algorithm": algorithm, "use_pretrained_model": "False"})
+    hp = parse(
+        {
+            "num_classes": "21",
+            "num_training_samples": "1",
+            "crop_size": "240",
+            "base_size": "240",
+            "algorithm": algorithm,
+            "use_pretrained_model": "False",
+        }
+    )
     write_hyperparams(folder, hp, meta={})
     return folder
 
@@ -87,8 +102,9 @@ def run(algorithm: str, count: int, root: Path) -> dict:
         (pid,) = server.worker_pids()
         rss, start = [], time.monotonic()
         for i, (w, h) in enumerate(sizes(count)):
-            r = requests.post(server.url + "/invocations", data=jpeg(w, h, i),
-                              headers={"Content-Type": "image/jpeg"}, timeout=300)
+            r = requests.post(
+                server.url + "/invocations", data=jpeg(w, h, i), headers={"Content-Type": "image/jpeg"}, timeout=300
+            )
             if r.status_code != 200:
                 raise RuntimeError(f"request {i} ({w}x{h}): {r.status_code} {r.text[:200]}")
             rss.append(status_mb(pid, "VmRSS"))
@@ -132,12 +148,18 @@ def render(results: list[dict]) -> str:
             f"{r['last_probe']:.0f} | {growth:+.1%} | {r['max_second_tenth']:.0f} | {r['max_last_tenth']:.0f} | "
             f"{r['peak']:.0f} | {'no' if r['same_worker'] else 'YES'} |"
         )
-    lines += ["", "Probes (MB): " + "; ".join(f"{r['algorithm']}: {', '.join(f'{p:.0f}' for p in r['probes'])}"
-                                             for r in results), ""]
-    lines += ["Workers each instance holds at these peaks (min(vCPU, (memory - "
-              f"{RESERVED_MB} MB) // peak), serve/capacity.py):", "",
-              "| instance | vCPU | memory GiB | " + " | ".join(r["algorithm"] for r in results) + " |",
-              "| --- | --- | --- | " + " | ".join("---" for _ in results) + " |"]
+    lines += [
+        "",
+        "Probes (MB): " + "; ".join(f"{r['algorithm']}: {', '.join(f'{p:.0f}' for p in r['probes'])}" for r in results),
+        "",
+    ]
+    lines += [
+        "Workers each instance holds at these peaks (min(vCPU, (memory - "
+        f"{RESERVED_MB} MB) // peak), serve/capacity.py):",
+        "",
+        "| instance | vCPU | memory GiB | " + " | ".join(r["algorithm"] for r in results) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in results) + " |",
+    ]
     for name, (cpus, gib) in INSTANCES.items():
         fits = [min(cpus, (gib * 1024 - RESERVED_MB) // r["peak"]) for r in results]
         lines.append(f"| {name} | {cpus} | {gib} | " + " | ".join(f"{int(f)}" for f in fits) + " |")
@@ -146,13 +168,28 @@ def render(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", nargs="+", default=["fcn=1000", "psp=1000", "deeplab=1000"],
-                        help="ALGORITHM=COUNT for each model to run")
+    parser.add_argument(
+        "--requests",
+        nargs="+",
+        default=["fcn=1000", "psp=1000", "deeplab=1000"],
+        help="ALGORITHM=COUNT for each model to run",
+    )
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="keep the models already in " + str(RESULTS))
     args = parser.parse_args()
     counts = {name: int(count) for name, count in (item.split("=") for item in args.requests)}
+    here = machine()
+    kept = json.loads(RESULTS.read_text()) if args.resume and RESULTS.exists() else {}
+    if kept and kept.get("machine") != here:
+        raise SystemExit(f"{RESULTS} was measured on another machine; run without --resume")
+    done = {r["algorithm"]: r for r in kept.get("results", []) if counts.get(r["algorithm"]) == r["requests"]}
     with tempfile.TemporaryDirectory() as tmp:
-        results = [run(name, count, Path(tmp)) for name, count in counts.items()]
+        for name, count in counts.items():
+            if name not in done:
+                done[name] = run(name, count, Path(tmp))
+                RESULTS.parent.mkdir(parents=True, exist_ok=True)
+                RESULTS.write_text(json.dumps({"machine": here, "results": list(done.values())}, indent=1))
+    results = [done[name] for name in counts]
     text = render(results)
     print(text)
     if not args.no_record:

@@ -125,6 +125,7 @@ def native_size(height: int, width: int, max_pixels: int = NATIVE_MAX_PIXELS) ->
 
 def native_canvas_shape(height: int, width: int) -> tuple[int, int]:
     """The padded input the network gets at native scale: a multiple of 8, at least NATIVE_MIN_SIDE a side."""
+
     def side(n: int) -> int:
         return max(NATIVE_MIN_SIDE, -(-n // SHAPE_MULTIPLE) * SHAPE_MULTIPLE)
 
@@ -250,6 +251,7 @@ class Predictor:
     ) -> None:
         from gluonseg.palette import class_names as default_names
         from gluonseg.palette import voc_palette
+
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
         if max_pixels < 1:

@@ -142,9 +142,7 @@ def quantize_network(net: gluon.HybridBlock, tiles: np.ndarray) -> gluon.SymbolB
         )
 
 
-def to_bfloat16(
-    net: gluon.HybridBlock, height: int, width: int, ctx: mx.Context
-) -> tuple[gluon.HybridBlock, str]:
+def to_bfloat16(net: gluon.HybridBlock, height: int, width: int, ctx: mx.Context) -> tuple[gluon.HybridBlock, str]:
     """(BF16 network, 'bf16'), or (`net`, 'fp32') with a logged reason when MXNet cannot run it here.
 
     The network is traced on a (1, 3, height, width) input: the shape its graph is built for.

@@ -168,8 +168,13 @@ def run(settings: ServerSettings, host: str | None = None) -> int:
             "serving WITHOUT nginx (--no-proxy / GLUONSEG_NO_PROXY): for debugging only. Slow clients and "
             "busy workers will hold every worker and make /ping time out; there is no queue bound."
         )
-        log.info("gunicorn on %s:%d, %d worker(s) x %d thread(s)", host, settings.port, settings.workers,
-                 settings.threads_per_worker)
+        log.info(
+            "gunicorn on %s:%d, %d worker(s) x %d thread(s)",
+            host,
+            settings.port,
+            settings.workers,
+            settings.threads_per_worker,
+        )
         GunicornServer(settings, f"{host}:{settings.port}").run()
         return 0
     supervisor = Supervisor(settings, host)
@@ -210,8 +215,9 @@ def settings_with(
         changes["model_dir"] = model_dir
         if workers is None and not settings.workers_asked:
             # The default count depends on the model's size: size it for this model, not /opt/ml's.
-            count, note = default_workers(cpu_count(), Path(model_dir), inference.get("native_max_pixels")
-                                          or settings.native_max_pixels)
+            count, note = default_workers(
+                cpu_count(), Path(model_dir), inference.get("native_max_pixels") or settings.native_max_pixels
+            )
             changes.update(workers=count, threads_per_worker=max(1, cpu_count() // count), workers_note=note)
     if port is not None:
         changes["port"] = port

@@ -56,8 +56,15 @@ def test_introduced_without_an_end_is_open():
 @pytest.mark.parametrize(
     ("version", "expected"),
     # Pairs written out of order, as urllib3's records give them: 0-1.26.17 and 2.0.0-2.0.6.
-    [("1.26.16", True), ("1.26.17", False), ("1.27", False), ("2.0.0", True), ("2.0.5", True), ("2.0.6", False),
-     ("2.8.0", False)],
+    [
+        ("1.26.16", True),
+        ("1.26.17", False),
+        ("1.27", False),
+        ("2.0.0", True),
+        ("2.0.5", True),
+        ("2.0.6", False),
+        ("2.8.0", False),
+    ],
 )
 def test_several_pairs_in_one_range_in_any_order(version, expected):
     rng = ecosystem({"introduced": "2.0.0"}, {"fixed": "2.0.6"}, {"introduced": "0"}, {"fixed": "1.26.17"})
@@ -97,9 +104,11 @@ def test_git_ranges_never_match_versions():
 
 
 def test_explicit_versions_list_counts_even_outside_the_ranges():
-    entry = {"package": {"name": "demo", "ecosystem": "PyPI"},
-             "ranges": [ecosystem({"introduced": "2.0"}, {"fixed": "2.1"})],
-             "versions": ["1.5", "3.1.0.rc1"]}
+    entry = {
+        "package": {"name": "demo", "ecosystem": "PyPI"},
+        "ranges": [ecosystem({"introduced": "2.0"}, {"fixed": "2.1"})],
+        "versions": ["1.5", "3.1.0.rc1"],
+    }
     assert da.entry_affects(entry, Version("1.5"))
     assert da.entry_affects(entry, Version("3.1.0rc1"))  # the same version spelt differently
     assert da.entry_affects(entry, Version("2.0.3"))
@@ -108,19 +117,32 @@ def test_explicit_versions_list_counts_even_outside_the_ranges():
 
 
 def _record(rid: str, package: str, *ranges: dict, **extra) -> dict:
-    return {"id": rid, "aliases": [f"CVE-0000-{rid[-1]}"],
-            "affected": [{"package": {"name": package, "ecosystem": "PyPI"}, "ranges": list(ranges)}], **extra}
+    return {
+        "id": rid,
+        "aliases": [f"CVE-0000-{rid[-1]}"],
+        "affected": [{"package": {"name": package, "ecosystem": "PyPI"}, "ranges": list(ranges)}],
+        **extra,
+    }
 
 
 def test_audit_reports_only_records_that_cover_the_pin_with_the_next_fixes():
-    snapshot = {"packages": {"demo-pkg": [
-        _record("X-1", "Demo_Pkg", ecosystem({"introduced": "0"}, {"fixed": "1.5"})),
-        _record("X-2", "demo-pkg", ecosystem({"introduced": "0"}, {"fixed": "1.2"}, {"introduced": "2.0"},
-                                             {"fixed": "2.1"})),
-        _record("X-3", "demo-pkg", ecosystem({"introduced": "1.4"}, {"fixed": "1.4.2"})),
-        _record("X-4", "other-pkg", ecosystem({"introduced": "0"})),  # filed under demo-pkg, names another project
-        _record("X-5", "demo-pkg", ecosystem({"introduced": "0"}), withdrawn="2024-01-01T00:00:00Z"),
-    ]}}
+    snapshot = {
+        "packages": {
+            "demo-pkg": [
+                _record("X-1", "Demo_Pkg", ecosystem({"introduced": "0"}, {"fixed": "1.5"})),
+                _record(
+                    "X-2",
+                    "demo-pkg",
+                    ecosystem({"introduced": "0"}, {"fixed": "1.2"}, {"introduced": "2.0"}, {"fixed": "2.1"}),
+                ),
+                _record("X-3", "demo-pkg", ecosystem({"introduced": "1.4"}, {"fixed": "1.4.2"})),
+                _record(
+                    "X-4", "other-pkg", ecosystem({"introduced": "0"})
+                ),  # filed under demo-pkg, names another project
+                _record("X-5", "demo-pkg", ecosystem({"introduced": "0"}), withdrawn="2024-01-01T00:00:00Z"),
+            ]
+        }
+    }
     findings = da.audit([da.Pin("demo-pkg", "1.4.1", 1)], snapshot)
     assert [f.advisory_id for f in findings] == ["X-1", "X-3"]
     assert findings[0].fixed_in == ("1.5",) and findings[1].fixed_in == ("1.4.2",)
@@ -149,8 +171,11 @@ def test_parse_lock_skips_comments_and_blank_lines_and_normalises_names():
     text = "# header\n\nFlask==3.0.3\n  typing_extensions==4.16.0  # inline\nZope.Interface==6.0\nPyYAML == 6.0.3\n"
     pins = da.parse_lock(text)
     assert [(p.name, p.version, p.line) for p in pins] == [
-        ("flask", "3.0.3", 3), ("typing-extensions", "4.16.0", 4), ("zope-interface", "6.0", 5),
-        ("pyyaml", "6.0.3", 6)]
+        ("flask", "3.0.3", 3),
+        ("typing-extensions", "4.16.0", 4),
+        ("zope-interface", "6.0", 5),
+        ("pyyaml", "6.0.3", 6),
+    ]
 
 
 def test_parse_lock_keeps_the_version_before_a_marker():
@@ -190,8 +215,11 @@ def test_snapshot_covers_every_pinned_project():
 def test_every_finding_for_the_pinned_versions_is_in_security_md():
     findings = da.audit(da.read_lock(LOCK), da.read_snapshot(SNAPSHOT))
     text = da.audit_section(SECURITY.read_text(encoding="utf-8"))
-    missing = [f"{f.package} {f.version}: {f.advisory_id} {f.aliases}" for f in findings if not f.superseded_by
-               and not da.is_documented(f, text)]
+    missing = [
+        f"{f.package} {f.version}: {f.advisory_id} {f.aliases}"
+        for f in findings
+        if not f.superseded_by and not da.is_documented(f, text)
+    ]
     assert missing == [], "SECURITY.md's dependency audit does not mention: " + "; ".join(missing)
 
 
@@ -211,9 +239,21 @@ def test_an_old_pillow_in_the_lock_fails_and_names_the_advisory(tmp_path):
     lock.write_text(LOCK.read_text(encoding="utf-8").replace("pillow==10.4.0", "pillow==9.0.0"), encoding="utf-8")
     assert "pillow==9.0.0" in lock.read_text(encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.dependency_audit", "--lock", str(lock), "--advisories", str(SNAPSHOT),
-         "--security", str(SECURITY)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "tools.dependency_audit",
+            "--lock",
+            str(lock),
+            "--advisories",
+            str(SNAPSHOT),
+            "--security",
+            str(SECURITY),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     fail_line = next(line for line in proc.stdout.splitlines() if line.startswith("FAIL"))

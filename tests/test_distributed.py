@@ -108,6 +108,34 @@ def collectives_worker() -> None:
     net.running_mean.set_data(mx.nd.array([i, 2 * i]))
     cluster.average_running_stats(net)
     out["running_mean"] = net.running_mean.data().asnumpy().tolist()
+    # One real step through the dist trainer from different initial weights (the start makes them agree before
+    # any gradient travels), then worker 1's weights and momentum drift: the epoch-end check must notice and
+    # give every worker the first host's parameters and optimizer state back.
+    mx.random.seed(10 + i)
+    model = mx.gluon.nn.HybridSequential()
+    model.add(mx.gluon.nn.Dense(3, in_units=4), mx.gluon.nn.BatchNorm(in_channels=3))
+    model.initialize(mx.init.Xavier())
+    trainer = mx.gluon.Trainer(
+        model.collect_params(),
+        "sgd",
+        {"learning_rate": 0.1, "momentum": 0.9},
+        kvstore=cluster.kvstore,
+        update_on_kvstore=False,
+    )
+    cluster.start(model, trainer, [mx.cpu()], (1, 4))
+    with mx.autograd.record():
+        loss = model(mx.nd.ones((2, 4)) * (i + 1)).sum()
+    loss.backward()
+    trainer.step(2 * cluster.num_workers)
+    cluster.average_running_stats(model)
+    out["agreed"] = [cluster.agree_parameters(model, trainer, [mx.cpu()], 0)]
+    if i == 1:
+        weight = model[0].weight
+        weight.set_data(weight.data() + 1e-3)
+        trainer._updaters[0].states[0][:] += 1  # the momentum of that weight
+    out["agreed"].append(cluster.agree_parameters(model, trainer, [mx.cpu()], 1))
+    out["digest"] = dist.parameter_digest(model)
+    out["momentum"] = trainer._updaters[0].states[0].asnumpy().tolist()
     cluster.close()
     print("RESULT " + json.dumps({k: v if not isinstance(v, bytes) else v.hex() for k, v in out.items()}))
 
@@ -146,6 +174,7 @@ def test_collectives_are_exact_on_a_real_kvstore():
     assert r["blob"] is True and r["empty"] == ""
     assert r["vote"] == [True, False]
     assert r["running_mean"] == [0.5, 1.0]
+    assert r["agreed"] == [True, False]  # the drifted worker was noticed and both continue from algo-1's state
     assert all(p.returncode == 0 for p in procs[:3])
 
 
@@ -394,6 +423,8 @@ def per_epoch(pattern: re.Pattern, text: str, host: str | None = None) -> dict[i
 
 def assert_lockstep(logs: dict[str, str]) -> list[int]:
     """Both hosts logged the same parameters, mIOU and loss for the same epochs; returns those epochs."""
+    for host in HOSTS2:  # they agreed by themselves: no worker needed the first host's parameters
+        assert "parameter digest before training" in logs[host] and "differ from" not in logs[host]
     digests = {h: per_epoch(DIGEST, logs[h]) for h in HOSTS2}
     assert digests["algo-1"] and digests["algo-1"] == digests["algo-2"]
     assert len(set(digests["algo-1"].values())) == len(digests["algo-1"]), "the parameters did not change"

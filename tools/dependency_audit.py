@@ -257,15 +257,19 @@ def run_offline(lock: Path, advisories: Path, security: Path) -> int:
     counted = [f for f in findings if not f.superseded_by]
     drafts = [f for f in findings if f.superseded_by]
     source = snapshot.get("source", {})
-    print(f"{lock}: {len(pins)} pins audited against {advisories} ({source.get('repository', '?')}, "
-          f"read {source.get('read_on', '?')})")
+    print(
+        f"{lock}: {len(pins)} pins audited against {advisories} ({source.get('repository', '?')}, "
+        f"read {source.get('read_on', '?')})"
+    )
     if counted:
         print(format_table(counted, text))
     else:
         print("no advisory in the snapshot covers a pinned version")
     for f in drafts:
-        print(f"note: draft {f.advisory_id} ({f.package} {f.version}) is superseded by "
-              f"{', '.join(f.superseded_by)}, which is what counts")
+        print(
+            f"note: draft {f.advisory_id} ({f.package} {f.version}) is superseded by "
+            f"{', '.join(f.superseded_by)}, which is what counts"
+        )
     missing = uncovered_packages(pins, snapshot)
     if missing:
         print(f"warning: the snapshot has no entry for {', '.join(missing)}: refresh it for this lock")
@@ -281,8 +285,10 @@ def run_pip_audit(lock: Path) -> int | None:
     """pip-audit's exit status, or None when it is not installed (the caller falls back to offline)."""
     exe = shutil.which("pip-audit")
     if exe is None:
-        print("pip-audit is not on PATH (it is not part of the lock; install it in a throwaway venv), "
-              "so the offline audit runs instead")
+        print(
+            "pip-audit is not on PATH (it is not part of the lock; install it in a throwaway venv), "
+            "so the offline audit runs instead"
+        )
         return None
     proc = subprocess.run([exe, "-r", str(lock), "--no-deps", "--disable-pip"], capture_output=True, text=True)
     sys.stdout.write(proc.stdout)

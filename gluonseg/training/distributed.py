@@ -15,7 +15,7 @@ of iterations per epoch and on stop requests, averaging BatchNorm running statis
 matrices, and broadcasting the first host's checkpoint. Gradients go through gluon.Trainer with
 `update_on_kvstore=False`: servers only sum gradients and every worker runs the same optimizer on the same
 sums, so the learning-rate schedule counts global iterations on each worker and the parameters stay
-identical (a digest of them is logged after every epoch).
+identical: every epoch the workers compare a digest of them, and one that differs takes the first host's.
 
 The ps-lite servers store and sum float32 only, so integers travel as 16-bit limbs (exact for up to 256
 hosts) and byte strings as uint16 values; see `allreduce_int` and `broadcast_bytes`.
@@ -934,14 +934,96 @@ class Cluster:
             if empty:
                 raise AlgorithmError(f"host {self.host}: the training data loader produced no batch")
 
-    def finish_epoch(self, net: Any, epoch: int, loss: float) -> float:
+    def start(self, net: Any, trainer: Any, ctxs: Any, input_shape: tuple[int, ...]) -> None:
+        """Give every worker the same parameters before the first gradient is pushed, and check them.
+
+        gluon.Trainer does it inside its first step(): rank 0 sets each KVStore slot to its values and the
+        others pull them. But those pulls are queued beside that step's gradient pushes, and a server that
+        has every push sums the gradients into the same slot: on a busy machine a pull was answered with the
+        gradient sum, and that worker trained a model of its own from then on. So: give deferred parameters
+        their shapes and values by shape inference (a forward pass would either move the BatchNorm statistics
+        or, in inference mode, leave the weights in oneDNN's layout, which the KVStore cannot send), initialise
+        the trainer's KVStore slots now, and wait for every pull before training starts."""
+        import mxnet as mx
+
+        params = list(net.collect_params().values())
+        if any(p._deferred_init for p in params):  # private names, but MXNet 1.9 is final
+            net.infer_shape(mx.nd.zeros(input_shape, ctx=ctxs[0]))
+            for p in params:
+                p._finish_deferred_init()
+        if not trainer._kv_initialized:  # load_states() may have done it
+            trainer._init_kvstore()
+        if trainer._params_to_init:
+            trainer._init_params()
+        mx.nd.waitall()
+        self.agree_parameters(net, trainer, ctxs, None)
+
+    def finish_epoch(self, net: Any, trainer: Any, ctxs: Any, epoch: int, loss: float) -> float:
         """After an epoch's steps: average the BatchNorm running statistics (not trained, so not summed by
-        the trainer), log a digest of all parameters, and return the mean training loss over the workers."""
+        the trainer), check that every worker holds the same parameters, and return the mean training loss
+        over the workers."""
         self.average_running_stats(net)
-        log.info("parameter digest after epoch %d: %s", epoch, parameter_digest(net))
+        self.agree_parameters(net, trainer, ctxs, epoch)
         import numpy as np
 
         return float(self.allreduce("train-loss", np.array([loss]))[0] / self.num_workers)
+
+    def agree_parameters(self, net: Any, trainer: Any, ctxs: Any, epoch: int | None) -> bool:
+        """Compare every worker's parameter digest with the first host's. The workers apply the same
+        optimizer to the same gradient sums, so they should agree; should one not (a rare float difference
+        on one host was seen once and never reproduced), it must not train on in a model of its own: every
+        worker takes the first host's weights and optimizer state, with a warning. Returns True if they
+        already agreed."""
+        when = "before training" if epoch is None else f"after epoch {epoch}"
+        mine = parameter_digest(net)
+        digests = self.gather_digests("parameter-digest", mine)
+        if all(d == digests[0] for d in digests):
+            log.info("parameter digest %s: %s", when, mine)
+            return True
+        hosts = self.resources.hosts
+        differing = {h: d for h, d in zip(hosts, digests) if d != digests[0]}
+        log.warning(
+            "%s the parameters of %s differ from %s's (digest %s): every worker continues from "
+            "%s's weights and optimizer state",
+            when,
+            ", ".join(f"{h} (digest {d})" for h, d in differing.items()),
+            hosts[0],
+            digests[0],
+            hosts[0],
+        )
+        self.share_primary_state(net, trainer, ctxs)
+        after = parameter_digest(net)
+        if after != digests[0]:
+            raise AlgorithmError(
+                f"host {self.host}: the parameters still differ from {hosts[0]}'s after loading its weights"
+            )
+        log.info("parameter digest %s: %s (%s's)", when, after, hosts[0])
+        return False
+
+    def gather_digests(self, name: str, digest: str) -> list[str]:
+        """Every worker's hex digest, in host order (as 16-bit pieces: integers travel exactly)."""
+        import numpy as np
+
+        pieces = len(digest) // 4
+        table = np.zeros((self.num_workers, pieces), dtype=np.int64)
+        table[self.index] = [int(digest[i * 4 : i * 4 + 4], 16) for i in range(pieces)]
+        gathered = self.allreduce_int(name, table)
+        return ["".join(f"{int(v):04x}" for v in row) for row in gathered]
+
+    def share_primary_state(self, net: Any, trainer: Any, ctxs: Any) -> None:
+        """Load the first host's current weights and optimizer state on every worker."""
+        with tempfile.TemporaryDirectory(prefix="gluonseg-share-") as tmp:
+            weights, states = Path(tmp) / "weights.params", Path(tmp) / "trainer.states"
+            if self.is_primary:
+                net.save_parameters(str(weights))
+                trainer.save_states(str(states))
+            weights_data = self.broadcast_bytes(weights.read_bytes() if self.is_primary else None)
+            states_data = self.broadcast_bytes(states.read_bytes() if self.is_primary else None)
+            if not self.is_primary:
+                weights.write_bytes(weights_data)
+                states.write_bytes(states_data)
+                net.load_parameters(str(weights), ctx=ctxs)
+                trainer.load_states(str(states))
 
     def average_running_stats(self, net: Any) -> None:
         import mxnet as mx
@@ -1011,9 +1093,10 @@ class Cluster:
 
 
 def parameter_digest(net: Any) -> str:
-    """sha256 over every parameter's name and values (first device's copy), sorted by name."""
+    """sha256 over every parameter's structural name (as in saved .params files, free of the per-process
+    block counters) and values (first device's copy), sorted by name."""
     digest = hashlib.sha256()
-    for name, p in sorted(net.collect_params().items()):
+    for name, p in sorted(net._collect_params_with_prefix().items()):
         digest.update(name.encode())
         digest.update(p.list_data()[0].asnumpy().tobytes())
     return digest.hexdigest()[:32]

@@ -39,6 +39,7 @@ from gluonseg.training.validation import evaluate
 
 log = logging.getLogger("gluonseg.train")
 
+
 def seed_from_env() -> int | None:
     """`GLUONSEG_SEED` makes a run reproducible (tests); not a hyperparameter, so jobs stay SageMaker's."""
     value = os.environ.get("GLUONSEG_SEED")
@@ -297,6 +298,8 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
         if finished:
             log.info("the checkpoint says training already finished; writing the model folder")
 
+    if cluster is not None:
+        cluster.start(net, trainer, ctxs, (1, 3, hp.crop_size, hp.crop_size))
     loaders = _make_loaders(hp, inputs, seed)
     host = resources.current_host
     with cluster.stop_request() if cluster is not None else StopRequest() as stop:
@@ -317,7 +320,7 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
                 log.warning("stopped during epoch %d; checkpoint saved, the epoch restarts on resume", epoch)
                 raise Stopped()
             if cluster is not None:
-                loss = cluster.finish_epoch(net, epoch, loss)
+                loss = cluster.finish_epoch(net, trainer, ctxs, epoch, loss)
             val_batches = _batches_for_epoch(hp, inputs, env, epoch, loaders, seed, "validation")
             cm, val_seconds, val_images = evaluate(
                 net, val_batches, ctxs, hp.num_classes, whole_images=hp.validation_mini_batch_size == 1

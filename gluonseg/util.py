@@ -1,0 +1,32 @@
+"""Small helpers that several layers need, each written once. Imports only the standard library."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+
+# 128 + SIGTERM: a job stopped on request (checkpoint saved, nothing to report as a failure).
+STOPPED_EXIT_CODE = 143
+
+
+def available_cpus() -> int:
+    """The cores this process may run on (its affinity mask, as containers set it), at least 1."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `host` (the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in chunks (large parameter files)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
