@@ -1,7 +1,8 @@
 """Safe extraction of tar archives we are handed (model channel, model.tar.gz).
 
 tarfile.extractall trusts member names; these archives come from users, so every member is checked
-before anything is written: no absolute paths, no `..`, no symbolic links, no devices or FIFOs, no path
+before anything is written (`member_refusal`, on top of tarfile's data filter, also used for the VOC tar):
+no absolute paths, no `..`, no symbolic links, no devices or FIFOs, no path
 that is both a file and a folder, and bounds on the member count and the total size. A hard link is
 accepted only to a regular file earlier in the same archive (tar stores a model folder's second name
 for one parameter file that way), and is written as a link or copy inside the destination. Files are
@@ -23,20 +24,44 @@ MAX_ARCHIVE_BYTES = 8 << 30  # a ResNet-101 model is ~0.5 GB; 8 GB is a mistake 
 MAX_MEMBERS = 10_000
 
 
-def _check_member(member: tarfile.TarInfo, archive: Path) -> PurePosixPath | None:
+def member_refusal(member: tarfile.TarInfo, hard_links: bool = False) -> str | None:
+    """Why `member` must not be extracted (a phrase that follows its name), or None.
+
+    tarfile's own `data_filter` judges absolute paths, escapes from the destination and special files;
+    on top of it: symbolic links (a model or a dataset needs none), hard links unless `hard_links` (the
+    caller then checks their targets), names like "C:/x" from Windows tars, and negative sizes (only a
+    crafted header has one; CVE-2025-8194 loops tarfile on such offsets).
+    """
     name = PurePosixPath(member.name)
-    drive_like = bool(name.parts) and ":" in name.parts[0]  # "C:/x" from a Windows tar
-    if member.name.startswith(("/", "\\")) or name.is_absolute() or drive_like:
-        raise ClientError(f"{archive}: member '{member.name}' has an absolute path; refusing to extract")
-    if ".." in name.parts:
-        raise ClientError(f"{archive}: member '{member.name}' leaves the folder ('..'); refusing to extract")
+    if member.name.startswith(("/", "\\")) or name.is_absolute() or (name.parts and ":" in name.parts[0]):
+        return "has an absolute path"
+    if ".." in name.parts:  # even where it lands inside: a member must have one spelling
+        return "leaves the folder ('..')"
     if member.issym():
-        raise ClientError(f"{archive}: member '{member.name}' is a symbolic link; refusing to extract")
-    if member.isdev() or member.isfifo() or not (member.isfile() or member.isdir() or member.islnk()):
-        raise ClientError(f"{archive}: member '{member.name}' is not a regular file or folder; refusing to extract")
-    if member.size < 0:  # only a crafted header says so (CVE-2025-8194 loops tarfile on such offsets)
-        raise ClientError(f"{archive}: member '{member.name}' declares a negative size; refusing to extract")
-    parts = [p for p in name.parts if p not in ("", ".")]
+        return "is a symbolic link"
+    if member.islnk() and not hard_links:
+        return "is a hard link"
+    if member.size < 0:
+        return "declares a negative size"
+    try:
+        tarfile.data_filter(member, "/destination")
+    except tarfile.OutsideDestinationError:
+        return "leaves the folder ('..')"
+    except tarfile.SpecialFileError:
+        return "is a device file or FIFO"
+    except tarfile.FilterError as exc:  # link targets: judged again by the caller, against earlier members
+        if not member.islnk():
+            return f"is refused by tarfile's data filter ({exc})"
+    if not (member.isfile() or member.isdir() or member.islnk()):
+        return "is not a regular file or folder"
+    return None
+
+
+def _check_member(member: tarfile.TarInfo, archive: Path) -> PurePosixPath | None:
+    reason = member_refusal(member, hard_links=True)
+    if reason:
+        raise ClientError(f"{archive}: member '{member.name}' {reason}; refusing to extract")
+    parts = [p for p in PurePosixPath(member.name).parts if p not in ("", ".")]
     return PurePosixPath(*parts) if parts else None
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gluonseg.archives import safe_extract
+from gluonseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from gluonseg.environment import read_json_file
 from gluonseg.errors import AlgorithmError, ClientError
 from gluonseg.files import link_or_copy
@@ -39,8 +40,6 @@ SYMBOL_FILE = "model-symbol.json"
 SYMBOL_PARAMS = "model-0000.params"
 META_KEY = "_gluonseg"
 FORMAT = "gluonseg-model/1"
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -92,8 +91,8 @@ def write_hyperparams(folder: Path, hp: Hyperparameters, meta: dict[str, Any]) -
         "backbone": hp.backbone,
         "crop_size": hp.crop_size,
         "base_size": hp.base_size,
-        "mean": list(MEAN),
-        "std": list(STD),
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
         "class_names": class_names(hp.num_classes),
         "palette": voc_palette(),
         "files": {"best": BEST_PARAMS, "last": LAST_PARAMS, "symbol": SYMBOL_FILE, "symbol_params": SYMBOL_PARAMS},

@@ -18,9 +18,12 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-# ImageNet statistics on the 0..1 scale, RGB order: what the pretrained backbones expect.
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# ImageNet statistics on the 0..1 scale, RGB order: what the pretrained backbones expect (the model folder
+# records them too).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
+STD = np.array(IMAGENET_STD, dtype=np.float32)
 
 IMAGE_PAD = 0
 MASK_PAD = 255  # ignore: padding must not count as any class

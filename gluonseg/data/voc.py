@@ -20,6 +20,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from gluonseg.archives import member_refusal
 from gluonseg.data.label_map import LABEL_MAP_FILES
 from gluonseg.errors import ClientError, list_with_limit
 
@@ -122,25 +123,6 @@ class _FolderSource:
                 shutil.copyfile(self.root / relative, destination)
 
 
-def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
-    path = PurePosixPath(member.name)
-    if path.is_absolute():
-        return "absolute path"
-    if ".." in path.parts:
-        return "'..' in the path"
-    if member.issym():
-        return "symbolic link"
-    if member.islnk():
-        return "hard link"
-    if member.ischr() or member.isblk():
-        return "device file"
-    if member.isfifo():
-        return "FIFO"
-    if not (member.isreg() or member.isdir()):
-        return "not a regular file or folder"
-    return None
-
-
 class _TarSource:
     """The VOC trainval tar, read in place. All members are checked before any is copied."""
 
@@ -157,11 +139,9 @@ class _TarSource:
         try:
             # One pass over the headers; list files are read as they go by, so a compressed tar is not rewound.
             for count, member in enumerate(self.tar, start=1):
-                reason = _unsafe_reason(member)
+                reason = member_refusal(member)
                 if reason:
-                    raise ClientError(f"{path}: refusing tar member {member.name!r} ({reason})")
-                if member.size < 0:  # only a crafted header says so (CVE-2025-8194 loops tarfile on such offsets)
-                    raise ClientError(f"{path}: refusing tar member {member.name!r} (negative size)")
+                    raise ClientError(f"{path}: refusing tar member {member.name!r}: it {reason}")
                 total += member.size
                 if total > MAX_TAR_BYTES:
                     raise ClientError(

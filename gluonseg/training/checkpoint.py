@@ -174,6 +174,11 @@ def check_optimizer_state(path: Path) -> None:
 def load_checkpoint(folder: Path, net: Any, trainer: Any, ctx: Any) -> dict[str, Any]:
     """Restore weights and optimizer state; return the saved state."""
     net.load_parameters(str(folder / WEIGHTS), ctx=ctx)
-    check_optimizer_state(folder / "trainer.states")
-    trainer.load_states(str(folder / "trainer.states"))
+    load_trainer_states(trainer, folder / "trainer.states")
     return json.loads((folder / "state.json").read_text())
+
+
+def load_trainer_states(trainer: Any, path: Path) -> None:
+    """The optimizer state is a pickle: load it only after checking what it refers to."""
+    check_optimizer_state(path)
+    trainer.load_states(str(path))

@@ -1012,6 +1012,8 @@ class Cluster:
 
     def share_primary_state(self, net: Any, trainer: Any, ctxs: Any) -> None:
         """Load the first host's current weights and optimizer state on every worker."""
+        from gluonseg.training.checkpoint import load_trainer_states
+
         with tempfile.TemporaryDirectory(prefix="gluonseg-share-") as tmp:
             weights, states = Path(tmp) / "weights.params", Path(tmp) / "trainer.states"
             if self.is_primary:
@@ -1023,7 +1025,7 @@ class Cluster:
                 weights.write_bytes(weights_data)
                 states.write_bytes(states_data)
                 net.load_parameters(str(weights), ctx=ctxs)
-                trainer.load_states(str(states))
+                load_trainer_states(trainer, states)
 
     def average_running_stats(self, net: Any) -> None:
         import mxnet as mx
