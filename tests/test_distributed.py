@@ -22,7 +22,7 @@ from gluonseg.data.inputs import resolve_inputs
 from gluonseg.environment import Environment, ResourceConfig
 from gluonseg.errors import AlgorithmError, ClientError
 from gluonseg.hyperparameters import parse
-from gluonseg.training.distributed import collectives, watchdog
+from gluonseg.training.distributed import collectives, packing, watchdog
 from gluonseg.training.distributed import spec as cluster_spec
 from gluonseg.training.distributed.local import LocalCluster, build_host_tree, exit_code
 from gluonseg.util import free_port
@@ -43,20 +43,20 @@ def test_integer_limbs_sum_exactly_in_float32_for_256_workers():
     rng = np.random.default_rng(0)
     workers = [rng.integers(0, 2**55, size=50, dtype=np.int64) for _ in range(255)]
     workers.append(np.full(50, 2**62 - 1, dtype=np.int64) // 256)  # the largest limbs
-    total = np.zeros((collectives.LIMBS, 50), dtype=np.float32)
+    total = np.zeros((packing.LIMBS, 50), dtype=np.float32)
     for values in workers:
-        total += collectives.int_to_limbs(values)  # what the servers do: float32 additions
-    np.testing.assert_array_equal(collectives.limbs_to_int(total), np.sum(workers, axis=0))
+        total += packing.int_to_limbs(values)  # what the servers do: float32 additions
+    np.testing.assert_array_equal(packing.limbs_to_int(total), np.sum(workers, axis=0))
     with pytest.raises(ValueError):
-        collectives.int_to_limbs([-1])
+        packing.int_to_limbs([-1])
 
 
 def test_bytes_survive_float32_packing_and_a_sum_with_zeros():
     for length in (0, 1, 2, 3, 4, 1000, 4097):
         data = os.urandom(length)
-        values = collectives.bytes_to_floats(data)
+        values = packing.bytes_to_floats(data)
         assert values.dtype == np.float32 and values.max(initial=0) < 2**24
-        assert collectives.floats_to_bytes(values + np.zeros_like(values), length) == data
+        assert packing.floats_to_bytes(values + np.zeros_like(values), length) == data
 
 
 def test_parameter_digest_covers_every_parameter_value():

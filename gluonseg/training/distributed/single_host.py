@@ -1,8 +1,8 @@
 """The collective interface of the training loop, and its no-op for a single host.
 
-`train()` talks to every other worker through one object: `SingleHost` here (nothing to agree with) or the
-KVStore `Cluster` (gluonseg.training.distributed.collectives). Both have the methods of `Collective`, so the loop
-has no single-host/multi-host branches.
+`train()` talks to every other worker through one object: `SingleHost` here (nothing to agree with) or
+the KVStore `Cluster` (gluonseg.training.distributed.collectives). Both have the methods of `Collective`,
+so the loop has no single-host/multi-host branches.
 """
 
 from __future__ import annotations

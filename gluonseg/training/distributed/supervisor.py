@@ -3,8 +3,9 @@
 1. It joins the watchdog network (the first host, by sorted name, coordinates) and waits until every host
    has joined;
 2. it starts the ps-lite roles as child processes, each with DMLC_* variables: the scheduler (first host
-   only), one server (`python -m gluonseg.training.distributed.supervisor scheduler|server`) and one worker, which
-   runs the command its caller gave (the `train` entry point again), with a `dist_sync` KVStore;
+   only) and one server (`python -m gluonseg.training.distributed.supervisor scheduler|server`), and one
+   worker, which runs the command its caller gave (the `train` entry point again) with a `dist_sync`
+   KVStore;
 3. it watches its children and the other hosts: any role that exits early, any host that reports a failure
    and any host silent for `GLUONSEG_PEER_TIMEOUT` seconds ends the job on every host, with
    `output/failure` naming the host.
