@@ -8,7 +8,7 @@ Two measurements, both with the same per-host batch (mini_batch_size is per host
    after each. 1 worker trains without a KVStore, as a single-host job does; 2 workers use `dist_sync`
    with `update_on_kvstore=False`, 2 servers and a scheduler, as `train` does on 2 hosts.
 2. End to end. The real `train` on the generated dataset: one host, then two simulated hosts through
-   `gluonseg.training.launch_local`; throughput from the logged `train throughput` (summed over hosts).
+   `gluonseg train --hosts N`; throughput from the logged `train throughput` (summed over hosts).
 
 The cores are shared: 1 worker gets all of them, 2 workers half each (OMP_NUM_THREADS), and the servers
 run beside them.
@@ -83,8 +83,8 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_breakdown(workers: int, args: argparse.Namespace) -> list[dict]:
-    from gluonseg.training.distributed import ClusterSpec
-    from gluonseg.training.launch_local import free_port
+    from gluonseg.training.distributed.spec import ClusterSpec
+    from gluonseg.util import free_port
 
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     base = {**os.environ, "OMP_NUM_THREADS": threads}
@@ -99,7 +99,8 @@ def run_breakdown(workers: int, args: argparse.Namespace) -> list[dict]:
     env_of = spec.role_environment
     roles = [
         subprocess.Popen(
-            [sys.executable, "-m", "gluonseg.training.distributed", role], env=env_of(role, "127.0.0.1", base)
+            [sys.executable, "-m", "gluonseg.training.distributed.supervisor", role],
+            env=env_of(role, "127.0.0.1", base),
         )
         for role in ["scheduler"] + ["server"] * workers
     ]
@@ -148,7 +149,7 @@ def run_end_to_end(hosts: int, data: Path, work: Path, args: argparse.Namespace)
     if hosts == 1:
         cmd = [sys.executable, "-m", "gluonseg.cli", "train", "--data", str(data), "--model-dir", str(model), *hp]
     else:
-        cmd = [sys.executable, "-m", "gluonseg.training.launch_local", "--hosts", str(hosts)]
+        cmd = [sys.executable, "-m", "gluonseg.cli", "train", "--hosts", str(hosts)]
         cmd += ["--data", str(data), "--model-dir", str(model), *hp]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - start

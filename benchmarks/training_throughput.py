@@ -6,7 +6,7 @@ loader picks on 2 cores). Each runs `--warmup` iterations untimed (graph set-up,
 `--iterations` timed ones; the two loops take turns every `--chunk` iterations, so load from other
 processes on a shared machine falls on both alike.
 - ours: gluonseg's SegmentationDataset + loader (seeded per-sample augmentation) and the trainer's own
-  epoch loop (`gluonseg.training.trainer._train_one_epoch`, loss = gluonseg's SegmentationLoss).
+  epoch loop (`gluonseg.training.loop.train_one_epoch`, loss = gluonseg's SegmentationLoss).
 - baseline: a `gluoncv.data.segbase.SegmentationDataset` subclass using its `_sync_transform` with
   ToTensor + Normalize, GluonCV's DataParallelModel/DataParallelCriterion, MixSoftmaxCrossEntropyLoss,
   and train.py's loop body (record, forward, loss, waitall, backward, step, loss.asnumpy()).
@@ -36,9 +36,11 @@ from gluonseg.data.dataset import SegmentationDataset, default_num_workers, make
 from gluonseg.data.label_map import load_label_map
 from gluonseg.hyperparameters import parse
 from gluonseg.models import build_network
+from gluonseg.training.loop import train_one_epoch as _train_one_epoch
 from gluonseg.training.loss import SegmentationLoss
 from gluonseg.training.schedule import iterations_per_epoch, make_lr_scheduler
-from gluonseg.training.trainer import StopRequest, _train_one_epoch, optimizer_settings
+from gluonseg.training.setup import optimizer_settings
+from gluonseg.training.stopping import StopRequest
 
 SEED = 0
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

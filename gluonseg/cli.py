@@ -69,12 +69,12 @@ def hyperparameters_from_args(hyperparameters_file: Path | None, overrides: list
 def _cmd_train(args: argparse.Namespace) -> int:
     from gluonseg.environment import Environment
     from gluonseg.errors import run_reporting_failures
-    from gluonseg.train_entry import run_training_job, run_until_stopped
+    from gluonseg.train_entry import run_training_job, run_until_stopped, train_command
 
     raw = hyperparameters_from_args(args.hyperparameters, args.overrides)
     args.model_dir.mkdir(parents=True, exist_ok=True)
     if args.hosts > 1:
-        from gluonseg.training.launch_local import run_local_cluster
+        from gluonseg.training.distributed.local import run_local_cluster
 
         return run_local_cluster(
             args.hosts,
@@ -84,6 +84,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             checkpoint_dir=args.checkpoint_dir,
             output_dir=args.output_dir,
             distribution=args.distribution,
+            host_command=train_command(),
         )
     output = args.output_dir or args.model_dir / "output"
     env = Environment(

@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gluonseg.data import sharding
 from gluonseg.data.inputs import resolve_inputs
 from gluonseg.environment import Environment, ResourceConfig
-from gluonseg.errors import ClientError
+from gluonseg.errors import AlgorithmError, ClientError
 from gluonseg.hyperparameters import parse
-from gluonseg.training import distributed as dist
-from gluonseg.training.launch_local import LocalCluster, build_host_tree, exit_code, free_port
+from gluonseg.training.distributed import collectives, packing, watchdog
+from gluonseg.training.distributed import spec as cluster_spec
+from gluonseg.training.distributed.local import LocalCluster, build_host_tree, exit_code
+from gluonseg.util import free_port
 from tests.e2e_jobs import REPO, TINY
 
 HOSTS2 = ("algo-1", "algo-2")
@@ -40,20 +43,20 @@ def test_integer_limbs_sum_exactly_in_float32_for_256_workers():
     rng = np.random.default_rng(0)
     workers = [rng.integers(0, 2**55, size=50, dtype=np.int64) for _ in range(255)]
     workers.append(np.full(50, 2**62 - 1, dtype=np.int64) // 256)  # the largest limbs
-    total = np.zeros((dist.LIMBS, 50), dtype=np.float32)
+    total = np.zeros((packing.LIMBS, 50), dtype=np.float32)
     for values in workers:
-        total += dist.int_to_limbs(values)  # what the servers do: float32 additions
-    np.testing.assert_array_equal(dist.limbs_to_int(total), np.sum(workers, axis=0))
+        total += packing.int_to_limbs(values)  # what the servers do: float32 additions
+    np.testing.assert_array_equal(packing.limbs_to_int(total), np.sum(workers, axis=0))
     with pytest.raises(ValueError):
-        dist.int_to_limbs([-1])
+        packing.int_to_limbs([-1])
 
 
 def test_bytes_survive_float32_packing_and_a_sum_with_zeros():
     for length in (0, 1, 2, 3, 4, 1000, 4097):
         data = os.urandom(length)
-        values = dist.bytes_to_floats(data)
+        values = packing.bytes_to_floats(data)
         assert values.dtype == np.float32 and values.max(initial=0) < 2**24
-        assert dist.floats_to_bytes(values + np.zeros_like(values), length) == data
+        assert packing.floats_to_bytes(values + np.zeros_like(values), length) == data
 
 
 def test_parameter_digest_covers_every_parameter_value():
@@ -62,19 +65,19 @@ def test_parameter_digest_covers_every_parameter_value():
     net = mx.gluon.nn.HybridSequential()
     net.add(mx.gluon.nn.Dense(3, in_units=4), mx.gluon.nn.BatchNorm(in_channels=3))
     net.initialize(mx.init.Xavier())
-    before = dist.parameter_digest(net)
-    assert before == dist.parameter_digest(net)
+    before = collectives.parameter_digest(net)
+    assert before == collectives.parameter_digest(net)
     running_mean = [p for name, p in net.collect_params().items() if name.endswith("running_mean")][0]
     running_mean.set_data(running_mean.data() + 1e-6)  # a statistic the trainer does not update
-    assert dist.parameter_digest(net) != before
+    assert collectives.parameter_digest(net) != before
 
 
 def test_lockstep_yields_exactly_the_agreed_steps_and_stops_together():
-    cluster = dist.Cluster.__new__(dist.Cluster)  # no KVStore: the vote is replaced below
+    cluster = collectives.Cluster.__new__(collectives.Cluster)  # no KVStore: the vote is replaced below
     cluster.host = "algo-1"
     votes = []
     cluster.any_true = lambda name, flag: votes.append(flag) or flag or len(votes) == 4
-    stop = dist.AgreedStop()
+    stop = collectives.AgreedStop()
     assert list(cluster.lockstep([1, 2], 3, stop)) == [1, 2, 1]  # a short shard is iterated again
     assert not stop.requested and votes == [False] * 3
     taken = []
@@ -83,8 +86,8 @@ def test_lockstep_yields_exactly_the_agreed_steps_and_stops_together():
         if stop.requested:
             break
     assert taken == [1] and stop.requested
-    with pytest.raises(dist.AlgorithmError, match="no batch"):
-        list(cluster.lockstep([], 2, dist.AgreedStop()))
+    with pytest.raises(AlgorithmError, match="no batch"):
+        list(cluster.lockstep([], 2, collectives.AgreedStop()))
 
 
 def collectives_worker() -> None:
@@ -93,7 +96,7 @@ def collectives_worker() -> None:
 
     from gluonseg.metrics import ConfusionMatrix
 
-    cluster = dist.Cluster.connect(resources(os.environ["TEST_HOST"]), 0)
+    cluster = collectives.Cluster.connect(resources(os.environ["TEST_HOST"]), 0)
     i = cluster.index
     out = {"ints": cluster.allreduce_int("ints", np.array([2**40 + 7 + i, 3], dtype=np.int64)).tolist()}
     cm = ConfusionMatrix(3)
@@ -134,7 +137,7 @@ def collectives_worker() -> None:
         weight.set_data(weight.data() + 1e-3)
         trainer._updaters[0].states[0][:] += 1  # the momentum of that weight
     out["agreed"].append(cluster.agree_parameters(model, trainer, [mx.cpu()], 1))
-    out["digest"] = dist.parameter_digest(model)
+    out["digest"] = collectives.parameter_digest(model)
     out["momentum"] = trainer._updaters[0].states[0].asnumpy().tolist()
     cluster.close()
     print("RESULT " + json.dumps({k: v if not isinstance(v, bytes) else v.hex() for k, v in out.items()}))
@@ -142,11 +145,11 @@ def collectives_worker() -> None:
 
 @pytest.mark.timeout(180)
 def test_collectives_are_exact_on_a_real_kvstore():
-    spec = dist.ClusterSpec(hosts=HOSTS2, current_host="algo-1", interface="lo", ps_port=free_port())
+    spec = cluster_spec.ClusterSpec(hosts=HOSTS2, current_host="algo-1", interface="lo", ps_port=free_port())
     base = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "gluonseg.training.distributed", role],
+            [sys.executable, "-m", "gluonseg.training.distributed.supervisor", role],
             env=spec.role_environment(role, "127.0.0.1", base),
             cwd=REPO,
         )
@@ -185,10 +188,10 @@ def test_collectives_are_exact_on_a_real_kvstore():
 def test_fully_replicated_shares_are_disjoint_and_cover_the_set_sharded_keeps_everything():
     samples = [f"s{i:02d}" for i in range(11)]
     hosts = ("algo-1", "algo-2", "algo-3")
-    shares = [dist.split_for_host(samples, "FullyReplicated", resources(h, hosts)) for h in hosts]
+    shares = [sharding.split_for_host(samples, "FullyReplicated", resources(h, hosts)) for h in hosts]
     assert sorted(s for share in shares for s in share) == samples
     assert [len(s) for s in shares] == [4, 4, 3]
-    assert dist.split_for_host(samples, "ShardedByS3Key", resources("algo-2", hosts)) == samples
+    assert sharding.split_for_host(samples, "ShardedByS3Key", resources("algo-2", hosts)) == samples
 
 
 @pytest.mark.parametrize("distribution", ["FullyReplicated", "ShardedByS3Key"])
@@ -223,9 +226,9 @@ def test_a_sharded_image_without_its_mask_names_the_file(tmp_path):
     for name in ("a", "c", "d"):  # extra masks are expected: their images live on other hosts
         (masks / f"{name}.png").write_bytes(b"x")
     with pytest.raises(ClientError, match=r"1 image\(s\) in 'train' \(ShardedByS3Key\).*b\.jpg"):
-        dist.pair_host_shard(images, masks)
+        sharding.pair_host_shard(images, masks)
     (masks / "b.png").write_bytes(b"x")
-    assert [s.name for s in dist.pair_host_shard(images, masks)] == ["a", "b"]
+    assert [s.name for s in sharding.pair_host_shard(images, masks)] == ["a", "b"]
 
 
 def test_pipe_mode_is_refused_on_several_hosts(tmp_path):
@@ -245,9 +248,13 @@ def test_pipe_mode_is_refused_on_several_hosts(tmp_path):
 
 
 def test_role_environment_carries_the_ps_lite_variables():
-    spec = dist.ClusterSpec.from_resources(
+    spec = cluster_spec.ClusterSpec.from_resources(
         resources("algo-2", interface="eth1"),
-        {dist.PS_PORT_ENV: "9100", dist.PEER_TIMEOUT_ENV: "30", dist.HOST_ADDRESSES_ENV: "algo-1=10.0.0.1"},
+        {
+            cluster_spec.PS_PORT_ENV: "9100",
+            cluster_spec.PEER_TIMEOUT_ENV: "30",
+            cluster_spec.HOST_ADDRESSES_ENV: "algo-1=10.0.0.1",
+        },
     )
     assert (spec.primary, spec.is_primary, spec.ps_port, spec.watchdog_port, spec.peer_timeout) == (
         "algo-1",
@@ -266,11 +273,11 @@ def test_role_environment_carries_the_ps_lite_variables():
         "DMLC_NUM_WORKER": "2",
         "DMLC_INTERFACE": "eth1",
     }
-    assert "PS_VERBOSE" not in env and env["KEEP"] == "1" and env[dist.SUPERVISOR_PID_ENV] == str(os.getpid())
+    assert "PS_VERBOSE" not in env and env["KEEP"] == "1" and env[cluster_spec.SUPERVISOR_PID_ENV] == str(os.getpid())
     with pytest.raises(ClientError, match="GLUONSEG_PEER_TIMEOUT"):
-        dist.ClusterSpec.from_resources(resources("algo-1"), {dist.PEER_TIMEOUT_ENV: "soon"})
+        cluster_spec.ClusterSpec.from_resources(resources("algo-1"), {cluster_spec.PEER_TIMEOUT_ENV: "soon"})
     with pytest.raises(ClientError, match="HOST=ADDRESS"):
-        dist.parse_host_addresses("algo-1")
+        cluster_spec.parse_host_addresses("algo-1")
 
 
 def test_exit_code_of_a_local_cluster():
@@ -289,14 +296,14 @@ def watchdogs(hosts, peer_timeout=30.0, join_timeout=20.0):
     port = free_port()
     out = {}
     for host in hosts:
-        spec = dist.ClusterSpec(
+        spec = cluster_spec.ClusterSpec(
             hosts=tuple(hosts),
             current_host=host,
             watchdog_port=port,
             peer_timeout=peer_timeout,
             join_timeout=join_timeout,
         )
-        out[host] = dist.Watchdog(spec, "127.0.0.1")
+        out[host] = watchdog.Watchdog(spec, "127.0.0.1")
     return out
 
 
@@ -313,12 +320,12 @@ def start_all(dogs):
     assert not any(t.is_alive() for t in threads)
 
 
-def failure_within(dog, seconds: float) -> dist.PeerFailure:
+def failure_within(dog, seconds: float) -> watchdog.PeerFailure:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             dog.check(timeout=0.1)
-        except dist.PeerFailure as exc:
+        except watchdog.PeerFailure as exc:
             return exc
     raise AssertionError(f"no failure reported within {seconds} s")
 
@@ -376,7 +383,7 @@ def test_a_host_that_never_joins_fails_the_job_after_the_join_timeout():
     dogs = watchdogs(("algo-1", "algo-2"), join_timeout=1.0)
     try:
         dogs["algo-1"].start()
-        with pytest.raises(dist.PeerFailure, match="algo-2 did not start within 1 s"):
+        with pytest.raises(watchdog.PeerFailure, match="algo-2 did not start within 1 s"):
             dogs["algo-1"].wait_until_started()
     finally:
         dogs["algo-1"].close()
@@ -393,8 +400,8 @@ KILL_BOUND = 60  # seconds from a killed worker to every host's `train` having e
 
 
 def launch(data: Path, model_dir: Path, hp: dict, log: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "GLUONSEG_SEED": "1", "OMP_NUM_THREADS": "1", dist.PEER_TIMEOUT_ENV: "30"}
-    cmd = [sys.executable, "-m", "gluonseg.training.launch_local", "--hosts", "2", "--data", str(data)]
+    env = {**os.environ, "GLUONSEG_SEED": "1", "OMP_NUM_THREADS": "1", cluster_spec.PEER_TIMEOUT_ENV: "30"}
+    cmd = [sys.executable, "-m", "gluonseg.cli", "train", "--hosts", "2", "--data", str(data)]
     cmd += ["--model-dir", str(model_dir), *extra, *[f"{k}={v}" for k, v in hp.items()]]
     with open(log, "a") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
@@ -527,5 +534,5 @@ def test_local_cluster_builds_one_tree_per_host_and_links_the_first_to_the_model
     assert not (cluster.host_dir("algo-2") / "model").exists()
     env = cluster.environment("algo-2", 1234, 1235)
     assert env["SAGEMAKER_BASE_DIR"] == str(cluster.host_dir("algo-2"))
-    assert env[dist.HOST_ADDRESSES_ENV] == "algo-1=127.0.0.1,algo-2=127.0.0.1,algo-3=127.0.0.1"
-    assert (env[dist.PS_PORT_ENV], env[dist.WATCHDOG_PORT_ENV]) == ("1234", "1235")
+    assert env[cluster_spec.HOST_ADDRESSES_ENV] == "algo-1=127.0.0.1,algo-2=127.0.0.1,algo-3=127.0.0.1"
+    assert (env[cluster_spec.PS_PORT_ENV], env[cluster_spec.WATCHDOG_PORT_ENV]) == ("1234", "1235")

@@ -7,7 +7,7 @@ from gluonseg.data.inputs import resolve_inputs
 from gluonseg.environment import Environment
 from gluonseg.errors import ClientError
 from gluonseg.hyperparameters import parse
-from gluonseg.training.trainer import optimizer_settings, seed_from_env
+from gluonseg.training.setup import optimizer_settings, seed_from_env
 from tests.helpers import make_channels
 
 BASE = {"num_classes": "3", "num_training_samples": "3"}
@@ -55,3 +55,22 @@ def test_seed_from_env(monkeypatch):
     monkeypatch.setenv("GLUONSEG_SEED", "x")
     with pytest.raises(ClientError, match="GLUONSEG_SEED must be an integer"):
         seed_from_env()
+
+
+def test_single_host_collective_passes_everything_through(tmp_path):
+    from gluonseg.environment import ResourceConfig
+    from gluonseg.training.distributed.collectives import AgreedStop
+    from gluonseg.training.distributed.single_host import SingleHost, connect
+    from gluonseg.training.stopping import StopRequest
+
+    one = connect(ResourceConfig(current_host="algo-1", hosts=("algo-1",)), 0)
+    assert isinstance(one, SingleHost) and one.is_primary and one.num_workers == 1
+    assert one.agree_iterations(10, 4) == 3
+    batches = [1, 2]
+    assert one.lockstep(batches, 5, StopRequest()) is batches
+    assert one.finish_epoch(None, None, None, 0, 0.25) == 0.25
+    assert one.sum_confusion("cm") == "cm"
+    assert one.resume(tmp_path, None, None, None) == (None, None)
+    assert one.trainer_kvstore([1]) == {"kvstore": None, "update_on_kvstore": None}
+    assert one.trainer_kvstore([1, 2])["kvstore"] == "device"
+    assert type(one.stop_request()) is StopRequest and isinstance(AgreedStop(), StopRequest)

@@ -35,7 +35,7 @@ class Sample(NamedTuple):
     mask_path: Path
 
 
-def _visible_files(root: Path, extensions: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
+def visible_files(root: Path, extensions: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
     """Files under root (nested folders walked, hidden files and folders skipped), keyed by their
     path relative to root without extension. Returns (files, other_files)."""
     found: dict[str, Path] = {}
@@ -68,8 +68,8 @@ def pair_channel(image_dir: Path, mask_dir: Path) -> list[Sample]:
     for channel_dir in (image_dir, mask_dir):
         if not channel_dir.is_dir():
             raise ClientError(f"The channel '{channel_dir.name}' is missing: no folder {channel_dir}")
-    images, other_images = _visible_files(image_dir, IMAGE_EXTENSIONS)
-    masks, other_masks = _visible_files(mask_dir, MASK_EXTENSIONS)
+    images, other_images = visible_files(image_dir, IMAGE_EXTENSIONS)
+    masks, other_masks = visible_files(mask_dir, MASK_EXTENSIONS)
     problems = []
     if not images:
         extra = f" (found only: {list_with_limit(other_images, 5)})" if other_images else ""

@@ -11,7 +11,6 @@ index: the loader's sampler yields `SampleKey(epoch, index)` and the dataset rea
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -24,6 +23,7 @@ from gluonseg.data.images import load_image, load_mask
 from gluonseg.data.label_map import LabelMap
 from gluonseg.data.transforms import train_transform, val_crop_transform, val_whole_transform
 from gluonseg.errors import ClientError
+from gluonseg.util import available_cpus
 
 MODES = ("train", "val_crop", "val_whole")
 
@@ -162,14 +162,6 @@ class SegmentationLoader(mx.gluon.data.DataLoader):
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
         self._dataset.set_epoch(epoch)
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (affinity-aware where the OS tells us), at least 1."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not on Linux
-        return max(os.cpu_count() or 1, 1)
 
 
 def default_num_workers(cpus: int | None = None) -> int:

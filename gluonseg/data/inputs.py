@@ -9,6 +9,7 @@ from pathlib import Path
 
 from gluonseg.data.channels import SPLITS, Sample, pair_channel, required_channels_present, scan_masks
 from gluonseg.data.label_map import LabelMap, load_label_map
+from gluonseg.data.sharding import pair_host_shard, split_for_host
 from gluonseg.environment import ChannelConfig, Environment, ResourceConfig
 from gluonseg.errors import ClientError
 from gluonseg.hyperparameters import Hyperparameters
@@ -43,7 +44,7 @@ def _channel_configs(env: Environment) -> dict[str, ChannelConfig]:
 def resolve_inputs(env: Environment, hp: Hyperparameters, resources: ResourceConfig | None = None) -> TrainingInputs:
     """Find, pair and scan the training data; raise ClientError for anything wrong with it.
 
-    With several hosts in `resources`, each host keeps its own share (gluonseg.training.distributed).
+    With several hosts in `resources`, each host keeps its own share (gluonseg.data.sharding).
     """
     configs = _channel_configs(env)
     multi_host = resources is not None and resources.is_multi_host
@@ -76,8 +77,6 @@ def resolve_inputs(env: Environment, hp: Hyperparameters, resources: ResourceCon
     for split, (image_channel, mask_channel) in SPLITS.items():
         start = time.perf_counter()
         if multi_host and configs[image_channel].distribution == "ShardedByS3Key":
-            from gluonseg.training.distributed import pair_host_shard
-
             pairs = pair_host_shard(env.channel_dir(image_channel), env.channel_dir(mask_channel))
         else:
             pairs = pair_channel(env.channel_dir(image_channel), env.channel_dir(mask_channel))
@@ -100,8 +99,6 @@ def resolve_inputs(env: Environment, hp: Hyperparameters, resources: ResourceCon
             count,
         )
     if multi_host:
-        from gluonseg.training.distributed import split_for_host
-
         for split, (image_channel, _) in SPLITS.items():
             samples[split] = split_for_host(samples[split], configs[image_channel].distribution, resources)
         log.info(

@@ -1,7 +1,8 @@
 """A multi-host job on one machine: N simulated hosts over loopback, for people without a cluster.
 
-    python -m gluonseg.training.launch_local --hosts 2 --data DIR --model-dir DIR [KEY=VALUE ...]
+    gluonseg train --hosts 2 --data DIR --model-dir DIR [KEY=VALUE ...]
 
+The CLI parses the flags and calls `run_local_cluster` with the values; this module never imports the CLI.
 Each simulated host `algo-<i>` gets its own /opt/ml-like tree under `WORK/algo-<i>` (default WORK:
 MODEL_DIR/.hosts): `input/config/{hyperparameters,resourceconfig,inputdataconfig}.json` and `input/data/`
 with the channels of DATA linked in. Then `train` runs once per host with SAGEMAKER_BASE_DIR pointing at
@@ -16,13 +17,11 @@ With `--distribution ShardedByS3Key`, the image channels are split the way SageM
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,30 +30,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gluonseg.errors import ClientError
+from gluonseg.training.distributed.spec import (
+    HOST_ADDRESSES_ENV,
+    LAUNCHER_PID_ENV,
+    PEER_TIMEOUT_ENV,
+    PS_PORT_ENV,
+    WATCHDOG_PORT_ENV,
+)
+from gluonseg.util import STOPPED_EXIT_CODE, available_cpus, free_port
 
 CHANNELS = ("train", "train_annotation", "validation", "validation_annotation", "label_map", "model")
 IMAGE_CHANNELS = ("train", "validation")
-LAUNCHER_PID_ENV = "GLUONSEG_LAUNCHER_PID"
 HOST_EXIT_GRACE = 30.0  # seconds, on top of the peer timeout, for the other hosts to stop after one failed
-
-
-def available_cpus() -> int:
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not on Linux
-        return max(os.cpu_count() or 1, 1)
 
 
 def host_names(count: int) -> list[str]:
     if count < 1:
         raise ClientError(f"--hosts must be at least 1, got {count}")
     return [f"algo-{i}" for i in range(1, count + 1)]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _relink(link: Path, target: Path) -> None:
@@ -118,7 +111,11 @@ def build_host_tree(
 
 
 class LocalCluster:
-    """N `train` processes, one per simulated host, with their output prefixed and logged per host."""
+    """N `train` processes, one per simulated host, with their output prefixed and logged per host.
+
+    `host_command` (an argv list) is the `train` entry point each simulated host runs; it finds itself a
+    simulated host by `LAUNCHER_PID_ENV` and dies with the launcher.
+    """
 
     def __init__(
         self,
@@ -132,6 +129,7 @@ class LocalCluster:
         distribution: str = "FullyReplicated",
         environ: dict[str, str] | None = None,
         echo: bool = True,
+        host_command: Sequence[str] = (),
     ):
         if distribution not in ("FullyReplicated", "ShardedByS3Key"):
             raise ClientError(f"--distribution must be FullyReplicated or ShardedByS3Key, got {distribution!r}")
@@ -145,6 +143,7 @@ class LocalCluster:
         self.distribution = distribution
         self.environ = dict(os.environ if environ is None else environ)
         self.echo = echo
+        self.host_command = list(host_command)
         self.procs: dict[str, subprocess.Popen] = {}
         self._pumps: list[threading.Thread] = []
         self._print_lock = threading.Lock()
@@ -176,23 +175,25 @@ class LocalCluster:
         env = {k: v for k, v in self.environ.items() if not k.startswith("DMLC_")}
         env.update(
             SAGEMAKER_BASE_DIR=str(self.host_dir(host)),
-            GLUONSEG_HOST_ADDRESSES=",".join(f"{h}=127.0.0.1" for h in self.hosts),
-            GLUONSEG_PS_ROOT_PORT=str(ps_port),
-            GLUONSEG_WATCHDOG_PORT=str(watchdog_port),
             PYTHONUNBUFFERED="1",
         )
+        env[HOST_ADDRESSES_ENV] = ",".join(f"{h}=127.0.0.1" for h in self.hosts)
+        env[PS_PORT_ENV] = str(ps_port)
+        env[WATCHDOG_PORT_ENV] = str(watchdog_port)
         env[LAUNCHER_PID_ENV] = str(os.getpid())
         # N hosts share this machine's cores; MXNet would otherwise start one thread per core in each.
         env.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // len(self.hosts))))
         return env
 
     def start(self) -> None:
+        if not self.host_command:
+            raise ValueError("LocalCluster.start needs the host_command that each simulated host runs")
         self.prepare()
         ps_port, watchdog_port = free_port(), free_port()
         for host in self.hosts:
             log_file = open(self.log_path(host), "a", encoding="utf-8")  # noqa: SIM115 - closed by the pump
             proc = subprocess.Popen(
-                [sys.executable, "-m", "gluonseg.training.launch_local", "--host-process"],
+                self.host_command,
                 env=self.environment(host, ps_port, watchdog_port),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -232,7 +233,7 @@ class LocalCluster:
         to stop on their own before they are killed. Returns {host: exit code}."""
         deadline = None if timeout is None else time.monotonic() + timeout
         failed_at = None
-        bound = float(self.environ.get("GLUONSEG_PEER_TIMEOUT") or 60) + HOST_EXIT_GRACE
+        bound = float(self.environ.get(PEER_TIMEOUT_ENV) or 60) + HOST_EXIT_GRACE
         while any(p.poll() is None for p in self.procs.values()):
             now = time.monotonic()
             if failed_at is None and any(p.poll() not in (None, 0) for p in self.procs.values()):
@@ -260,7 +261,7 @@ def exit_code(codes: dict[str, int]) -> int:
     failing = [c for c in codes.values() if c != 0]
     if not failing:
         return 0
-    real = [c for c in failing if c != 143]
+    real = [c for c in failing if c != STOPPED_EXIT_CODE]
     code = (real or failing)[0]
     return code if code > 0 else 1
 
@@ -274,10 +275,21 @@ def run_local_cluster(
     checkpoint_dir: Path | None = None,
     output_dir: Path | None = None,
     distribution: str = "FullyReplicated",
+    *,
+    host_command: Sequence[str],
 ) -> int:
-    """Run the job on `hosts` simulated hosts; print each host's output; return the exit code."""
+    """Run the job on `hosts` simulated hosts, each running `host_command` (the `train` entry point); print
+    each host's output; return the exit code."""
     cluster = LocalCluster(
-        hosts, data, model_dir, hyperparameters, work_dir, checkpoint_dir, output_dir, distribution=distribution
+        hosts,
+        data,
+        model_dir,
+        hyperparameters,
+        work_dir,
+        checkpoint_dir,
+        output_dir,
+        distribution=distribution,
+        host_command=host_command,
     )
     interrupts = {"count": 0}
 
@@ -305,65 +317,3 @@ def run_local_cluster(
     if code == 0:
         print(f"model written to {cluster.model_dir}")
     return code
-
-
-def _host_process() -> int:
-    """One simulated host: `train`, tied to the launcher so that killing the launcher ends the host."""
-    from gluonseg.training.distributed import die_with_parent
-
-    die_with_parent(LAUNCHER_PID_ENV)
-    from gluonseg import train_entry
-
-    return train_entry.main()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m gluonseg.training.launch_local", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--hosts", type=int, required=True, help="number of simulated hosts (workers)")
-    parser.add_argument("--data", type=Path, required=True, help="folder holding train/, train_annotation/, ...")
-    parser.add_argument("--model-dir", type=Path, required=True, help="where the first host writes the model")
-    parser.add_argument("--hyperparameters", type=Path, help="a JSON file of hyperparameters")
-    parser.add_argument(
-        "--checkpoint-dir", type=Path, help="the first host's checkpoints (default MODEL_DIR/checkpoints)"
-    )
-    parser.add_argument("--output-dir", type=Path, help="the first host's output (default MODEL_DIR/output)")
-    parser.add_argument("--work-dir", type=Path, help="the hosts' /opt/ml trees and logs (default MODEL_DIR/.hosts)")
-    parser.add_argument(
-        "--distribution",
-        default="FullyReplicated",
-        choices=("FullyReplicated", "ShardedByS3Key"),
-        help="S3DistributionType of the image channels (default FullyReplicated)",
-    )
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="hyperparameters, e.g. num_classes=5")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--host-process"]:
-        return _host_process()
-    from gluonseg.cli import hyperparameters_from_args
-    from gluonseg.errors import GluonsegError
-
-    args = build_parser().parse_args(argv)
-    try:
-        raw = hyperparameters_from_args(args.hyperparameters, args.overrides)
-        return run_local_cluster(
-            args.hosts,
-            args.data,
-            args.model_dir,
-            raw,
-            work_dir=args.work_dir,
-            checkpoint_dir=args.checkpoint_dir,
-            output_dir=args.output_dir,
-            distribution=args.distribution,
-        )
-    except GluonsegError as exc:
-        print(exc.failure_text(), file=sys.stderr)
-        return 2 if isinstance(exc, ClientError) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
