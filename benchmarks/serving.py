@@ -3,7 +3,8 @@
 Variants (ResNet-50 backbone; one generated 800x600 JPEG, the notebook's picture size):
   (a)  stock GluonCV, as a user writes it: the GluonCV class, `load_parameters`, not hybridized,
        `mx.image.imdecode`, GluonCV's `test_transform`, `predict()` on the whole decoded image,
-       argmax, `get_color_pallete`, PNG. Served by a minimal Flask app under gunicorn (`baseline_app`).
+       argmax, `get_color_pallete`, PNG. Served by a minimal Flask app under gunicorn
+       (`benchmarks.serving_baseline`).
   (a') in-process only: the same stock network's `predict()` on the whole image resized as the crop
        scale resizes it (short side = crop), with our resize/softmax around it: what (e)'s tiles are
        compared with at equal scale.
@@ -35,6 +36,10 @@ Run: .venv/bin/python -m benchmarks.serving --work DIR [--algorithms fcn,psp,dee
      [--memory-requests 1000] [--serve-crop 240] [--report-only] [--no-record]
 (DIR holds data/ and models/<algorithm>/model from benchmarks.run_all.) The process re-runs itself with
 OMP_NUM_THREADS=1 so that in-process figures match one worker.
+
+This module runs the steps; the variants in process are in benchmarks.serving_variants, (a) as a server in
+benchmarks.serving_baseline, the runs through a server in benchmarks.serving_runs, and the tables and
+verdicts in benchmarks.serving_report.
 """
 
 from __future__ import annotations

@@ -5,12 +5,16 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks.common.server import AppServer
 from benchmarks.serving_variants import Stock
 
+if TYPE_CHECKING:
+    from flask import Flask
 
-def baseline_app():
+
+def baseline_app() -> Flask:
     """gunicorn's app factory for (a): what a user serving stock GluonCV writes (model from BENCH_MODEL_DIR)."""
     from flask import Flask, Response, request
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.common.load import run_load
+from benchmarks.common.load import Load, run_load
 from benchmarks.common.procfs import status_bytes
 from benchmarks.common.server import Server
 from benchmarks.common.tables import median, percentile
@@ -19,7 +19,9 @@ from benchmarks.serving_variants import PRECISION, SCALE
 from gluonseg.util import available_cpus
 
 
-def _load(url: str, jpeg: bytes, clients: int, seconds: float, min_requests: int, max_requests: int | None = None):
+def _load(
+    url: str, jpeg: bytes, clients: int, seconds: float, min_requests: int, max_requests: int | None = None
+) -> Load:
     """`clients` posting `jpeg` back to back until `seconds` passed and `min_requests` were sent; any failure raises."""
     return run_load(
         url,

@@ -162,7 +162,7 @@ class Ours:
         return Timed(prediction.mask, {**stages, "postprocess": t3 - t2, "encode": t4 - t3, "total": t4 - t0})
 
 
-def make_variant(key: str, model_dir: Path):
+def make_variant(key: str, model_dir: Path) -> Stock | Ours:
     if key == "a":
         return Stock(model_dir)
     if key == "a'":
@@ -170,7 +170,7 @@ def make_variant(key: str, model_dir: Path):
     return Ours(model_dir, PRECISION[key], SCALE[key])
 
 
-def profile(variant, jpeg: bytes, runs: int) -> Timed:
+def profile(variant: Stock | Ours, jpeg: bytes, runs: int) -> Timed:
     """Median of each stage over `runs` requests after one warm-up."""
     first = variant.run(jpeg)
     samples = [variant.run(jpeg) for _ in range(runs)]
