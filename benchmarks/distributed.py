@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import write_section
+from benchmarks.common.report import publish
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 5
@@ -263,9 +263,7 @@ def main() -> None:
         make_dataset(data, classes=CLASSES, train=args.train, validation=8, size=args.crop + 32, seed=0)
     e2e = {hosts: run_end_to_end(hosts, data, work, args) for hosts in (1, 2)}
     print(json.dumps(e2e))
-    text = report(args, breakdown, e2e)
-    print(text)
-    write_section("distributed", text)
+    publish("distributed", report(args, breakdown, e2e))
 
 
 if __name__ == "__main__":

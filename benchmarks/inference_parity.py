@@ -20,7 +20,7 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 
-from benchmarks.report import write_section
+from benchmarks.common.report import publish
 from gluonseg.artifacts import read_model_dir
 from gluonseg.data.channels import SPLITS, pair_channel
 from gluonseg.data.images import load_image, load_mask
@@ -96,9 +96,7 @@ def main() -> None:
             *rows,
         ]
     )
-    print(text)
-    if not args.no_record:
-        write_section("inference-parity", text)
+    publish("inference-parity", text, not args.no_record)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import write_section
+from benchmarks.common.report import publish
 from gluonseg.data.synthetic import make_dataset
 
 TARGET = 0.6
@@ -88,8 +88,7 @@ def main() -> None:
     curves.parent.mkdir(exist_ok=True)
     shutil.copyfile(work / "model" / "output" / "data" / "training_curves.png", curves)
     body += f"\n\n![learning curves](benchmarks/results/{curves.name})"
-    print(body)
-    write_section("learning-check", body)
+    publish("learning-check", body)
 
 
 if __name__ == "__main__":

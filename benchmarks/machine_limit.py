@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common.report import publish
+from gluonseg.util import available_cpus
+
 RESULTS = Path(__file__).resolve().parent / "results" / "machine_limit.json"
 REPEATS = 5
 # (name, in_channels, out_channels, side, kernel, dilation): the layers that carry most of the MACs.
@@ -285,7 +288,7 @@ def main() -> None:
     if args.macs_only and previous:
         cores, measured = previous["cores"], previous["rates"]
     else:
-        cores = len(os.sched_getaffinity(0))
+        cores = available_cpus()
         measured = {str(t): rates_at(t) for t in sorted({1, cores})}
     results = {
         "cores": cores,
@@ -298,12 +301,7 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1))
-    text = render(results)
-    print(text)
-    if not args.no_record:
-        from benchmarks.report import write_section
-
-        write_section("machine-limit", text)
+    publish("machine-limit", render(results), not args.no_record)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import write_section
+from benchmarks.common.report import publish
 from gluonseg.data.channels import pair_channel, scan_masks
 from gluonseg.data.label_map import LabelMap
 from gluonseg.data.synthetic import make_masks_only
@@ -40,9 +40,7 @@ def main() -> None:
         body = ["| workers | masks | seconds | masks/s |", "| --- | --- | --- | --- |"]
         body += [f"| {w} | {len(samples)} | {s:.2f} | {r:,.0f} |" for w, s, r in rows]
         body.append("\nTarget: >= 2,000 masks/s (a 10,000-image job waits a few seconds at most).")
-        text = "\n".join(body)
-        print(text)
-        write_section("mask-scan", text)
+        publish("mask-scan", "\n".join(body))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

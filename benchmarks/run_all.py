@@ -29,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import write_section
+from benchmarks.common.report import publish
+from gluonseg.util import available_cpus
 
 ALGORITHMS = ("fcn", "psp", "deeplab")
 SEED = 0
@@ -119,7 +120,7 @@ def main() -> None:
     parser.add_argument("--learning-check-dir", type=Path, default=None, help="reuse its FCN (its --work folder)")
     parser.add_argument("--quick", action="store_true", help="tiny everything, BENCHMARKS.md untouched")
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    os.environ.setdefault("OMP_NUM_THREADS", str(available_cpus()))
     work = args.work / "quick" if args.quick else args.work
     work.mkdir(parents=True, exist_ok=True)
     record = [] if not args.quick else ["--no-record"]
@@ -183,10 +184,7 @@ def main() -> None:
         "non-deterministic multi-threaded kernels, so a rerun's models (and accuracy figures) match closely but "
         "not bit for bit; timing figures vary with the machine's load.",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.quick:
-        write_section("bench-run", text)
+    publish("bench-run", "\n".join(lines), not args.quick)
 
 
 if __name__ == "__main__":

@@ -17,122 +17,48 @@ Run: .venv/bin/python -m benchmarks.serving_front [--seconds 60] [--levels 1 2 4
 from __future__ import annotations
 
 import argparse
-import io
-import statistics
 import tempfile
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import requests
-from PIL import Image
 
-from benchmarks.load import build_small_model
-from benchmarks.report import write_section
-from serve.settings import cpu_count
-from tests.server_process import Server
-
-PING_TIMEOUT_S = 2.0
-HEADERS = {"Content-Type": "image/jpeg", "Accept": "image/png"}
-
-
-def photo(width: int = 800, height: int = 600, seed: int = 1) -> bytes:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // width], -1)
-    pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+from benchmarks.common.load import HEADERS, Load, run_load
+from benchmarks.common.models import random_model
+from benchmarks.common.pictures import photo_jpeg
+from benchmarks.common.report import publish
+from benchmarks.common.server import Server
+from benchmarks.common.tables import median, percentile
+from gluonseg.util import available_cpus
 
 
-@dataclass
-class Level:
-    clients: int
-    latencies: list[float] = field(default_factory=list)
-    busy: int = 0  # 503 answers
-    errors: list[str] = field(default_factory=list)
-    pings: list[float] = field(default_factory=list)  # seconds, answered 200
-    ping_failures: int = 0
-    seconds: float = 0.0
-
-    def row(self) -> dict[str, float]:
-        lat = sorted(self.latencies)
-        pings = sorted(self.pings)
-        return {
-            "clients": self.clients,
-            "rps": len(lat) / self.seconds,
-            "p50": statistics.median(lat) if lat else float("nan"),
-            "p99": float(np.percentile(lat, 99)) if lat else float("nan"),
-            "busy": self.busy,
-            "errors": len(self.errors),
-            "ping_p99": float(np.percentile(pings, 99)) if pings else float("nan"),
-            "ping_failures": self.ping_failures,
-            "pings": len(pings) + self.ping_failures,
-        }
+def row(level: Load) -> dict[str, float]:
+    return {
+        "clients": level.clients,
+        "rps": level.rps,
+        "p50": median(level.latencies),
+        "p99": percentile(level.latencies, 99),
+        "busy": level.busy,
+        "errors": len(level.errors),
+        "ping_p99": percentile(level.pings, 99),
+        "ping_failures": level.ping_failures,
+        "pings": len(level.pings) + level.ping_failures,
+    }
 
 
-def run_level(url: str, body: bytes, clients: int, seconds: float) -> Level:
-    level = Level(clients)
-    stop_at = time.monotonic() + seconds
-    lock = threading.Lock()
-
-    def client() -> None:
-        session = requests.Session()
-        while time.monotonic() < stop_at:
-            t0 = time.monotonic()
-            try:
-                r = session.post(url + "/invocations", data=body, headers=HEADERS, timeout=120)
-            except requests.RequestException as exc:
-                with lock:
-                    level.errors.append(type(exc).__name__)
-                continue
-            with lock:
-                if r.status_code == 200:
-                    level.latencies.append(time.monotonic() - t0)
-                elif r.status_code == 503:
-                    level.busy += 1
-                else:
-                    level.errors.append(str(r.status_code))
-            if r.status_code == 503:
-                time.sleep(float(r.headers.get("Retry-After", "1")))
-
-    def pinger() -> None:
-        while time.monotonic() < stop_at:
-            t0 = time.monotonic()
-            try:
-                ok = requests.get(url + "/ping", timeout=PING_TIMEOUT_S).status_code == 200
-            except requests.RequestException:
-                ok = False
-            with lock:
-                if ok:
-                    level.pings.append(time.monotonic() - t0)
-                else:
-                    level.ping_failures += 1
-            time.sleep(0.5)
-
-    threads = [threading.Thread(target=client) for _ in range(clients)] + [threading.Thread(target=pinger)]
-    start = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    level.seconds = time.monotonic() - start
-    return level
+def run_level(url: str, body: bytes, clients: int, seconds: float) -> Load:
+    """`clients` posting back to back for `seconds` (a 503 waits Retry-After), and a pinger every 0.5 s."""
+    return run_load(url, [body], clients, seconds=seconds, retry_busy=True, ping_every=0.5)
 
 
 def measure(model: Path, proxy: bool, body: bytes, levels: list[int], seconds: float) -> list[dict]:
-    workers = cpu_count()
+    workers = available_cpus()
     server = Server(model, workers=workers, GLUONSEG_NO_PROXY="false" if proxy else "true").start(timeout=600)
     try:
-        run_level(server.url, body, workers, 0)  # nothing timed: each worker compiles the picture's shape
-        for _ in range(2 * workers):
+        for _ in range(2 * workers):  # nothing timed: each worker compiles the picture's shape
             requests.post(server.url + "/invocations", data=body, headers=HEADERS, timeout=120)
         rows = []
         for clients in levels:
-            rows.append(run_level(server.url, body, clients, seconds).row())
+            rows.append(row(run_level(server.url, body, clients, seconds)))
             print(("nginx+gunicorn" if proxy else "gunicorn alone"), rows[-1], flush=True)
         return rows
     finally:
@@ -141,7 +67,7 @@ def measure(model: Path, proxy: bool, body: bytes, levels: list[int], seconds: f
 
 def render(alone: list[dict], front: list[dict], seconds: float) -> str:
     lines = [
-        f"FCN-ResNet-50, 21 classes, native scale, FP32; one 800x600 JPEG; {cpu_count()} workers x 1 thread; "
+        f"FCN-ResNet-50, 21 classes, native scale, FP32; one 800x600 JPEG; {available_cpus()} workers x 1 thread; "
         f"{seconds:.0f} s per level; a pinger every 0.5 s with a 2 s timeout.",
         "",
         "| clients | setup | req/s | p50 s | p99 s | 503 (queue full) | other errors | /ping p99 s | pings failed |",
@@ -177,14 +103,11 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_small_model(Path(tmp) / "model", crop=240, classes=21)
-        body = photo()
+        model = random_model(Path(tmp) / "model", classes=21, crop=240)
+        body = photo_jpeg()
         alone = measure(model, False, body, args.levels, args.seconds)
         front = measure(model, True, body, args.levels, args.seconds)
-    text = render(alone, front, args.seconds)
-    print(text)
-    if not args.no_record:
-        write_section("serving front", text)
+    publish("serving front", render(alone, front, args.seconds), not args.no_record)
 
 
 if __name__ == "__main__":

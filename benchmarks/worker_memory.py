@@ -20,66 +20,24 @@ about half an hour per model on 2 cores.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import requests
-from PIL import Image
 
-from benchmarks.report import machine, write_section
+from benchmarks.common.models import random_model
+from benchmarks.common.pictures import noise_jpeg
+from benchmarks.common.procfs import status_mb
+from benchmarks.common.report import machine, publish
+from benchmarks.common.server import Server
 from serve.capacity import RESERVED_MB
-from tests.server_process import Server
 
 PROBE_EVERY = 50
 RESULTS = Path(__file__).parent / "results" / "worker_memory.json"
 INSTANCES = {"ml.c5.xlarge": (4, 8), "ml.c5.2xlarge": (8, 16), "ml.m5.xlarge": (4, 16), "ml.c6i.4xlarge": (16, 32)}
-
-
-def build_model(folder: Path, algorithm: str) -> Path:
-    import mxnet as mx
-
-    from gluonseg.artifacts import BEST_PARAMS, write_hyperparams
-    from gluonseg.hyperparameters import parse
-    from gluonseg.models import build_network
-
-    folder.mkdir(parents=True, exist_ok=True)
-    mx.random.seed(0)
-    net = build_network(
-        algorithm, "resnet-50", num_classes=21, crop_size=240, base_size=240, pretrained_backbone=False, aux=True
-    )
-    net(mx.nd.zeros((1, 3, 240, 240)))
-    net.save_parameters(str(folder / BEST_PARAMS))
-    hp = parse(
-        {
-            "num_classes": "21",
-            "num_training_samples": "1",
-            "crop_size": "240",
-            "base_size": "240",
-            "algorithm": algorithm,
-            "use_pretrained_model": "False",
-        }
-    )
-    write_hyperparams(folder, hp, meta={})
-    return folder
-
-
-def jpeg(width: int, height: int, seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def status_mb(pid: int, key: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def sizes(count: int, seed: int = 7) -> list[tuple[int, int]]:
@@ -96,14 +54,17 @@ def sizes(count: int, seed: int = 7) -> list[tuple[int, int]]:
 
 
 def run(algorithm: str, count: int, root: Path) -> dict:
-    model = build_model(root / algorithm, algorithm)
+    model = random_model(root / algorithm, algorithm, classes=21, crop=240)
     server = Server(model, workers=1).start(timeout=600)
     try:
         (pid,) = server.worker_pids()
         rss, start = [], time.monotonic()
         for i, (w, h) in enumerate(sizes(count)):
             r = requests.post(
-                server.url + "/invocations", data=jpeg(w, h, i), headers={"Content-Type": "image/jpeg"}, timeout=300
+                server.url + "/invocations",
+                data=noise_jpeg(w, h, i),
+                headers={"Content-Type": "image/jpeg"},
+                timeout=300,
             )
             if r.status_code != 200:
                 raise RuntimeError(f"request {i} ({w}x{h}): {r.status_code} {r.text[:200]}")
@@ -190,10 +151,7 @@ def main() -> None:
                 RESULTS.parent.mkdir(parents=True, exist_ok=True)
                 RESULTS.write_text(json.dumps({"machine": here, "results": list(done.values())}, indent=1))
     results = [done[name] for name in counts]
-    text = render(results)
-    print(text)
-    if not args.no_record:
-        write_section("worker memory", text)
+    publish("worker memory", render(results), not args.no_record)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import platform
 import sys
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 
 
 # The flags that decide which kernels MXNet, ONNX Runtime and OpenVINO can use on this CPU.
@@ -51,3 +51,10 @@ def write_section(name: str, body: str) -> None:
     else:
         text = text.rstrip() + f"\n\n## {name}\n\n{block}\n"
     BENCHMARKS.write_text(text)
+
+
+def publish(name: str, text: str, record: bool = True) -> None:
+    """Print a benchmark's report and, when `record`, make it the BENCHMARKS.md section `name`."""
+    print(text)
+    if record:
+        write_section(name, text)

@@ -1,0 +1,35 @@
+"""A model folder with random weights, written the way training writes one (a forward pass costs the same,
+and holds the same memory, whatever the weights' values)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def random_model(folder: Path, algorithm: str = "fcn", classes: int = 4, crop: int = 64) -> Path:
+    """`algorithm` on ResNet-50 with its aux head, `classes` classes, crop_size = base_size = `crop`."""
+    import mxnet as mx
+
+    from gluonseg.artifacts import BEST_PARAMS, write_hyperparams
+    from gluonseg.hyperparameters import parse
+    from gluonseg.models import build_network
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.random.seed(0)
+    net = build_network(
+        algorithm, "resnet-50", num_classes=classes, crop_size=crop, base_size=crop, pretrained_backbone=False, aux=True
+    )
+    net(mx.nd.zeros((1, 3, crop, crop)))  # fixes every deferred shape before saving
+    net.save_parameters(str(folder / BEST_PARAMS))
+    hp = parse(
+        {
+            "num_classes": str(classes),
+            "num_training_samples": "1",
+            "crop_size": str(crop),
+            "base_size": str(crop),
+            "algorithm": algorithm,
+            "use_pretrained_model": "False",
+        }
+    )
+    write_hyperparams(folder, hp, meta={})
+    return folder
