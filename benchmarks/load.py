@@ -33,7 +33,7 @@ import requests
 from PIL import Image
 
 from benchmarks.report import write_section
-from serve.settings import cpu_count
+from gluonseg.util import available_cpus as cpu_count
 from tests.server_process import Server
 
 MAX_RSS_GROWTH = 0.10

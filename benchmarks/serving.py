@@ -156,7 +156,8 @@ class Stock:
         from gluoncv.utils.viz import get_color_pallete
 
         from gluonseg.data.transforms import normalize
-        from gluonseg.inference import logits_to_prediction, resized_size
+        from gluonseg.inference.geometry import resized_size
+        from gluonseg.inference.postprocess import logits_to_prediction
 
         t0 = time.perf_counter()
         img = mx.image.imdecode(jpeg)
@@ -209,7 +210,7 @@ class Ours:
         self.predictor._forward = timed_forward
 
     def run(self, jpeg: bytes) -> Timed:
-        from gluonseg.inference import logits_to_prediction
+        from gluonseg.inference.postprocess import logits_to_prediction
 
         self.network_s = 0.0
         t0 = time.perf_counter()
@@ -296,7 +297,7 @@ class BaselineServer:
     """Stock GluonCV behind gunicorn with our server's worker layout (workers x 1 thread, OMP 1)."""
 
     def __init__(self, model_dir: Path, workers: int, log_dir: Path) -> None:
-        from tests.server_process import free_port
+        from gluonseg.util import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -414,7 +415,7 @@ def load(url: str, body: bytes, clients: int, seconds: float, min_requests: int,
 
 def serve_and_load(key: str, model_dir: Path, jpeg: bytes, args, log_dir: Path) -> dict[str, Any]:
     """Start the server for one variant, warm it, load it with 1 then 2 clients, read worker memory."""
-    from serve.settings import cpu_count
+    from gluonseg.util import available_cpus as cpu_count
     from tests.server_process import Server
 
     workers = cpu_count()
@@ -448,7 +449,7 @@ def serve_and_load(key: str, model_dir: Path, jpeg: bytes, args, log_dir: Path) 
 
 def memory_run(model_dir: Path, precision: str, jpeg: bytes, total: int, every: int) -> dict[str, Any]:
     """Each worker's RSS after warm-up and every `every` requests, over `total` requests from 2 clients."""
-    from serve.settings import cpu_count
+    from gluonseg.util import available_cpus as cpu_count
     from tests.server_process import Server
 
     server = Server(model_dir, workers=cpu_count(), GLUONSEG_PRECISION=precision).start(timeout=600)  # native
@@ -651,7 +652,7 @@ def run_model(algorithm: str, work: Path, jpeg: bytes, truth: np.ndarray, args, 
 
     from gluonseg.data.channels import SPLITS, pair_channel
     from gluonseg.data.label_map import load_label_map
-    from gluonseg.quantization import export_int8
+    from gluonseg.inference.precision import export_int8
 
     trained = work / "models" / algorithm / "model"
     data = work / "data"

@@ -31,7 +31,7 @@ from PIL import Image
 
 from benchmarks.load import build_small_model
 from benchmarks.report import write_section
-from serve.settings import cpu_count
+from gluonseg.util import available_cpus as cpu_count
 from tests.server_process import Server
 
 PING_TIMEOUT_S = 2.0
