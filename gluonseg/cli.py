@@ -198,6 +198,8 @@ def _add_inference_options(p: argparse.ArgumentParser, serve: bool = False) -> N
     )
     p.add_argument(
         "--max-native-pixels",
+        dest="native_max_pixels",
+        metavar="MAX_NATIVE_PIXELS",
         type=int,
         default=None,
         help="native scale: larger pictures are scaled down to this many pixels"
@@ -208,13 +210,13 @@ def _add_inference_options(p: argparse.ArgumentParser, serve: bool = False) -> N
 def _inference_options(args: argparse.Namespace) -> dict[str, Any]:
     """The inference flags given, by the names load_predictor, the handler Context and ServerSettings share;
     an absent flag keeps the default."""
-    if args.max_native_pixels is not None and args.max_native_pixels < 1:
-        raise ClientError(f"--max-native-pixels must be at least 1, got {args.max_native_pixels}")
+    if args.native_max_pixels is not None and args.native_max_pixels < 1:
+        raise ClientError(f"--max-native-pixels must be at least 1, got {args.native_max_pixels}")
     given = {
         "precision": args.precision,
         "calibration_dir": args.calibration,
         "scale": args.scale,
-        "native_max_pixels": args.max_native_pixels,
+        "native_max_pixels": args.native_max_pixels,
     }
     return {name: value for name, value in given.items() if value is not None}
 
