@@ -25,7 +25,7 @@ concatenates BF16 features with FP32 pooled branches, which MXNet's converter ot
 
 Fallback: INT8 and BF16 need MXNet's oneDNN (MKLDNN) backend on a CPU context. Where that is missing,
 or where the converted BF16 graph fails its trial forward pass (MXNet's way of saying "unsupported"),
-the Predictor logs why and runs FP32; `predictor.precision` then says 'fp32'.
+`network_for_precision` logs why and hands back the FP32 network; `predictor.precision` then says 'fp32'.
 """
 
 from __future__ import annotations
