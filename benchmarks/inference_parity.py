@@ -26,7 +26,8 @@ from gluonseg.data.channels import SPLITS, pair_channel
 from gluonseg.data.images import load_image, load_mask
 from gluonseg.data.label_map import load_label_map
 from gluonseg.data.transforms import normalize
-from gluonseg.inference import SCALES, Predictor
+from gluonseg.inference.geometry import SCALES
+from gluonseg.inference.loading import load_predictor
 from gluonseg.metrics import ConfusionMatrix
 from gluonseg.models import load_trained_network
 from gluonseg.training.validation import whole_image_logits
@@ -47,7 +48,7 @@ def main() -> None:
     label_map_dir = args.data / "label_map"
     label_map = load_label_map(label_map_dir if label_map_dir.is_dir() else None, "validation")
 
-    predictors = {scale: Predictor.from_model_dir(args.model_dir, scale=scale) for scale in SCALES}
+    predictors = {scale: load_predictor(args.model_dir, scale=scale) for scale in SCALES}
     # As training validates: the whole network from the file (aux head included), not hybridized.
     reference = load_trained_network(
         artifact.params_path, hp.algorithm, hp.backbone, artifact.num_classes, hp.crop_size, hp.base_size

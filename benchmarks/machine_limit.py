@@ -194,7 +194,7 @@ def load_results() -> dict[str, Any] | None:
 
 def all_macs(crop: int, width: int, height: int, train_crop: int) -> dict[str, Any]:
     """MACs (and dense MACs) of each model at every size the benchmarks use."""
-    from gluonseg.inference import resized_size, tile_starts
+    from gluonseg.inference.geometry import resized_size, tile_starts
 
     new_h, new_w = resized_size(height, width, crop)
     tiles = len(tile_starts(max(new_h, crop), crop)) * len(tile_starts(max(new_w, crop), crop))

@@ -83,7 +83,7 @@ def run_model(algorithm: str, work: Path, jpeg: bytes, truth: np.ndarray, args, 
 
     from gluonseg.data.channels import SPLITS, pair_channel
     from gluonseg.data.label_map import load_label_map
-    from gluonseg.quantization import export_int8
+    from gluonseg.inference.precision import export_int8
 
     trained = work / "models" / algorithm / "model"
     data = work / "data"

@@ -91,7 +91,8 @@ class Stock:
         from gluoncv.utils.viz import get_color_pallete
 
         from gluonseg.data.transforms import normalize
-        from gluonseg.inference import logits_to_prediction, resized_size
+        from gluonseg.inference.geometry import resized_size
+        from gluonseg.inference.postprocess import logits_to_prediction
 
         t0 = time.perf_counter()
         img = mx.image.imdecode(jpeg)
@@ -144,7 +145,7 @@ class Ours:
         self.predictor._forward = timed_forward
 
     def run(self, jpeg: bytes) -> Timed:
-        from gluonseg.inference import logits_to_prediction
+        from gluonseg.inference.postprocess import logits_to_prediction
 
         self.network_s = 0.0
         t0 = time.perf_counter()

@@ -114,7 +114,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         proxy=False if args.no_proxy else None,
-        **_server_names(_inference_options(args)),
+        **_inference_options(args),
     )
     if not (settings.model_dir / "hyperparams.json").exists():
         raise ClientError(f"--model-dir {settings.model_dir} is not a model folder (no hyperparams.json)")
@@ -124,7 +124,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_transform(args: argparse.Namespace) -> int:
     from serve.batch import transform_folder
 
-    options = _server_names(_inference_options(args))  # the handler Context's names
     results = transform_folder(
         args.model_dir,
         args.input,
@@ -132,7 +131,7 @@ def _cmd_transform(args: argparse.Namespace) -> int:
         accept=args.accept,
         content_type=args.content_type,
         jobs=args.jobs,
-        **options,
+        **_inference_options(args),
     )
     failed = [r for r in results if not r.ok]
     print(f"{len(results) - len(failed)} of {len(results)} file(s) transformed into {args.output}")
@@ -165,7 +164,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from gluonseg.quantization import describe_export, export_int8
+    from gluonseg.inference.precision import describe_export, export_int8
 
     record = export_int8(args.model_dir, args.calibration, args.num)
     print(describe_export(args.model_dir, record))
@@ -200,6 +199,8 @@ def _add_inference_options(p: argparse.ArgumentParser, serve: bool = False) -> N
     )
     p.add_argument(
         "--max-native-pixels",
+        dest="native_max_pixels",
+        metavar="MAX_NATIVE_PIXELS",
         type=int,
         default=None,
         help="native scale: larger pictures are scaled down to this many pixels"
@@ -208,21 +209,17 @@ def _add_inference_options(p: argparse.ArgumentParser, serve: bool = False) -> N
 
 
 def _inference_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The inference flags given (Predictor.from_model_dir's names); an absent flag keeps the default."""
-    if args.max_native_pixels is not None and args.max_native_pixels < 1:
-        raise ClientError(f"--max-native-pixels must be at least 1, got {args.max_native_pixels}")
+    """The inference flags given, by the names load_predictor, the handler Context and ServerSettings share;
+    an absent flag keeps the default."""
+    if args.native_max_pixels is not None and args.native_max_pixels < 1:
+        raise ClientError(f"--max-native-pixels must be at least 1, got {args.native_max_pixels}")
     given = {
         "precision": args.precision,
         "calibration_dir": args.calibration,
         "scale": args.scale,
-        "max_pixels": args.max_native_pixels,
+        "native_max_pixels": args.native_max_pixels,
     }
     return {name: value for name, value in given.items() if value is not None}
-
-
-def _server_names(options: dict[str, Any]) -> dict[str, Any]:
-    """Predictor option names -> ServerSettings field names."""
-    return {"native_max_pixels" if name == "max_pixels" else name: value for name, value in options.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,8 @@
 SageMaker built-ins prefix `FailureReason` with `ClientError:` (the user's data or settings)
 or `AlgorithmError:` (our fault). Only the first 1024 characters of `output/failure` become the
 reason, so the useful sentence comes first and the traceback (for AlgorithmError) goes to the log.
+
+The request errors at the end are typed by problem only: serve/app.py maps each type to its HTTP status.
 """
 
 from __future__ import annotations
@@ -89,18 +91,16 @@ def run_reporting_failures(job: Callable[[], None], failure_path: Callable[[], P
 
 
 class RequestError(ClientError):
-    """A bad inference request; `status` is the HTTP status the server answers with."""
-
-    status = 400
+    """A bad inference request: its body cannot be read or decoded (the server's 400)."""
 
 
-class PayloadTooLarge(RequestError):
-    status = 413
+class RequestTooLarge(RequestError):
+    """The request body, or the image it declares, is over a configured bound."""
 
 
-class UnsupportedMediaType(RequestError):
-    status = 415
+class UnsupportedContentType(RequestError):
+    """The request's Content-Type is not one the codecs decode (or is missing)."""
 
 
 class NotAcceptable(RequestError):
-    status = 406
+    """No response type the codecs encode satisfies the Accept header (or the configured default)."""

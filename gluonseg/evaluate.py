@@ -138,13 +138,13 @@ def evaluate_folder(
 
     With `out`, writes OUT/report.json and OUT/confusion_matrix.png. `progress`: True for a tqdm bar,
     False for log lines, None to decide by whether stderr is a terminal. Bad data raises ClientError
-    naming the files, before the model is loaded. `inference`: Predictor.from_model_dir's precision,
-    calibration_dir, scale, max_pixels.
+    naming the files, before the model is loaded. `inference`: load_predictor's precision,
+    calibration_dir, scale, native_max_pixels.
     """
     import json
 
     from gluonseg.artifacts import read_model_dir
-    from gluonseg.inference import Predictor
+    from gluonseg.inference.loading import load_predictor
 
     model_dir, images, masks = Path(model_dir), Path(images), Path(masks)
     artifact = read_model_dir(model_dir)  # cheap: the class count for the scan, before the network loads
@@ -154,7 +154,7 @@ def evaluate_folder(
     log.info("evaluating %s on %d image(s) from %s", model_dir, len(samples), images)
 
     start = time.perf_counter()
-    predictor = Predictor.from_model_dir(model_dir, **inference)
+    predictor = load_predictor(model_dir, **inference)
     cm = _score(predictor, samples, label_map, progress)
     report = build_report(cm, predictor.class_names, model_dir, len(samples), time.perf_counter() - start)
     if out is not None:

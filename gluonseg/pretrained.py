@@ -15,7 +15,6 @@ give a much worse model that looks like a success.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from gluonseg.errors import ClientError
+from gluonseg.util import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,6 @@ def mirror_url(name: str) -> str:
     return store._url_format.format(repo_url=repo, file_name=f"{name}-{expected_sha1(name)[:8]}")
 
 
-def file_sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _from_bundled_dir(name: str, reasons: list[str]) -> Path | None:
     folder = os.environ.get(PRETRAINED_DIR_ENV)
     if not folder:
@@ -80,7 +72,7 @@ def _from_bundled_dir(name: str, reasons: list[str]) -> Path | None:
     hashed = root / cache_file_name(name)
     if hashed.is_file():
         want = expected_sha1(name)
-        got = file_sha1(hashed)
+        got = file_digest(hashed, "sha1")
         if got == want:
             return hashed
         # A corrupt bundled file is worth a warning even when the model store saves the day.
@@ -181,7 +173,7 @@ def fetch_to_dir(names: Iterable[str], dest: Path | str) -> list[Path]:
         target = dest / cache_file_name(name)
         if src.resolve() != target.resolve():
             shutil.copyfile(src, target)
-        if file_sha1(target) != expected_sha1(name):
+        if file_digest(target, "sha1") != expected_sha1(name):
             raise ClientError(f"{target}: SHA-1 mismatch after copying from {src}")
         written.append(target)
     return written

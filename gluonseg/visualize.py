@@ -119,12 +119,12 @@ def output_paths(out: Path, source: Path) -> tuple[Path, Path]:
     return out / f"{source.stem}_mask.png", out / f"{source.stem}_overlay.png"
 
 
-def _predict_one(predictor, source: Path, out: Path, alpha: float, max_pixels: int) -> PredictResult:
+def _predict_one(predictor, source: Path, out: Path, alpha: float, decode_max_pixels: int) -> PredictResult:
     from gluonseg.codecs.content_types import X_IMAGE
     from gluonseg.codecs.decode import decode_image
     from gluonseg.codecs.encode import encode_png_mask
 
-    image = decode_image(source.read_bytes(), X_IMAGE, max_pixels=max_pixels)
+    image = decode_image(source.read_bytes(), X_IMAGE, decode_max_pixels=decode_max_pixels)
     mask = predictor.predict(image).mask
     mask_path, overlay_path = output_paths(out, source)
     mask_path.write_bytes(encode_png_mask(mask, predictor.palette))
@@ -138,7 +138,7 @@ def predict_files(
     out: Path,
     alpha: float = 0.5,
     progress: bool | None = None,
-    max_pixels: int | None = None,
+    decode_max_pixels: int | None = None,
     **inference: Any,
 ) -> list[PredictResult]:
     """Write OUT/<stem>_mask.png and OUT/<stem>_overlay.png for each image; one result per input, in order.
@@ -146,14 +146,14 @@ def predict_files(
     A bad input (missing, not JPEG/PNG, corrupt, too large, or the same stem as an earlier input) is a
     failed result with its reason; the model folder itself must load (else ClientError).
     """
-    from gluonseg.codecs.decode import DEFAULT_MAX_PIXELS
+    from gluonseg.codecs.decode import DEFAULT_DECODE_MAX_PIXELS
     from gluonseg.errors import ClientError
     from gluonseg.evaluate import with_progress
-    from gluonseg.inference import Predictor
+    from gluonseg.inference.loading import load_predictor
 
     if not 0.0 <= alpha <= 1.0:
         raise ClientError(f"alpha must be between 0 and 1, got {alpha}")
-    predictor = Predictor.from_model_dir(Path(model_dir), **inference)
+    predictor = load_predictor(Path(model_dir), **inference)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stems: dict[str, str] = {}
@@ -165,8 +165,8 @@ def predict_files(
             continue
         stems[source.stem] = str(source)
         try:
-            results.append(_predict_one(predictor, source, out, alpha, max_pixels or DEFAULT_MAX_PIXELS))
-        except ClientError as exc:  # RequestError included: what the server would answer 400/413 to
+            results.append(_predict_one(predictor, source, out, alpha, decode_max_pixels or DEFAULT_DECODE_MAX_PIXELS))
+        except ClientError as exc:  # RequestError included: what the server would refuse
             results.append(PredictResult(str(source), False, str(exc)))
         except OSError as exc:
             results.append(PredictResult(str(source), False, exc.strerror or str(exc)))

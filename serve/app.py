@@ -1,7 +1,8 @@
 """The Flask application factory: maps HTTP to the handler, and nothing else.
 
 Routes: GET /ping, POST /invocations, GET /execution-parameters. Every client mistake is a 4xx with
-a JSON `{"error": ...}`; anything else is a 500 with a request id that is also in the log.
+a JSON `{"error": ...}` (STATUS_OF maps the core's typed request errors to their statuses); anything
+else is a 500 with a request id that is also in the log.
 """
 
 from __future__ import annotations
@@ -13,13 +14,26 @@ import uuid
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from gluonseg.errors import PayloadTooLarge, RequestError
+from gluonseg.errors import NotAcceptable, RequestError, RequestTooLarge, UnsupportedContentType
 from serve.handler import Context, SegmentationHandler
 from serve.settings import ServerSettings
 
 log = logging.getLogger("gluonseg.serve")
 
 QUEUED_AT_HEADER = "X-Gluonseg-Queued-At"  # set by nginx (serve/nginx.conf.template)
+
+# The HTTP status of each request error the core raises; a subclass not listed takes its base's.
+STATUS_OF: dict[type[RequestError], int] = {
+    RequestError: 400,
+    RequestTooLarge: 413,
+    UnsupportedContentType: 415,
+    NotAcceptable: 406,
+}
+
+
+def status_of(exc: RequestError) -> int:
+    """The status to answer `exc` with: that of its most specific type in STATUS_OF."""
+    return next(STATUS_OF[kind] for kind in type(exc).__mro__ if kind in STATUS_OF)
 
 
 def _error(status: int, message: str) -> Response:
@@ -32,7 +46,7 @@ def _read_body(limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to pass `limit` bytes."""
     length = request.content_length
     if length is not None and length > limit:
-        raise PayloadTooLarge(
+        raise RequestTooLarge(
             f"request body of {length} bytes is over the limit of {limit} bytes " "(SAGEMAKER_MAX_PAYLOAD_IN_MB)"
         )
     stream = request.stream
@@ -45,7 +59,7 @@ def _read_body(limit: int) -> bytes:
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
-                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+                raise RequestTooLarge(f"request body is over the limit of {limit} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
     except OSError as exc:
         # gunicorn raises IOError subclasses for a malformed chunked body or a client that stops
         # sending mid-body: the client's fault, so a 400 rather than a 500.
@@ -74,7 +88,7 @@ def create_app(settings: ServerSettings | None = None, handler: SegmentationHand
     context = Context(
         settings.model_dir,
         default_accept=settings.default_accept,
-        max_pixels=settings.max_pixels,
+        decode_max_pixels=settings.decode_max_pixels,
         precision=settings.precision,
         calibration_dir=settings.calibration_dir,
         scale=settings.scale,
@@ -125,7 +139,7 @@ def create_app(settings: ServerSettings | None = None, handler: SegmentationHand
 
     @app.errorhandler(RequestError)
     def request_error(exc: RequestError) -> Response:
-        return _error(exc.status, str(exc))
+        return _error(status_of(exc), str(exc))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gluonseg.codecs.content_types import JPEG
+from gluonseg.codecs.decode import DEFAULT_DECODE_MAX_PIXELS
 from gluonseg.errors import ClientError, RequestError
 from serve.handler import Context, SegmentationHandler
 from serve.workers import prepare_worker_process
@@ -42,11 +43,11 @@ def input_files(root: Path) -> Iterator[Path]:
 
 
 def _init_worker(
-    model_dir: str, accept: str, content_type: str, max_pixels: int, threads: int, inference: dict[str, Any]
+    model_dir: str, accept: str, content_type: str, decode_max_pixels: int, threads: int, inference: dict[str, Any]
 ) -> None:
     prepare_worker_process(threads)
     handler = SegmentationHandler()
-    context = Context(Path(model_dir), default_accept=accept, max_pixels=max_pixels, **inference)
+    context = Context(Path(model_dir), default_accept=accept, decode_max_pixels=decode_max_pixels, **inference)
     handler.initialize(context)
     _worker.update(handler=handler, context=context, accept=accept, content_type=content_type)
 
@@ -79,7 +80,7 @@ def transform_folder(
     accept: str = "image/png",
     content_type: str = JPEG,
     jobs: int = 1,
-    max_pixels: int = 36_000_000,
+    decode_max_pixels: int = DEFAULT_DECODE_MAX_PIXELS,
     progress: bool | None = None,
     **inference: Any,
 ) -> list[TransformResult]:
@@ -89,7 +90,7 @@ def transform_folder(
     files = list(input_files(input_dir))
     work = [(str(f), str(output_dir / f.relative_to(input_dir)) + ".out") for f in files]
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    init_args = (str(model_dir), accept, content_type, max_pixels, threads, inference)
+    init_args = (str(model_dir), accept, content_type, decode_max_pixels, threads, inference)
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress

@@ -27,10 +27,11 @@ from typing import Any
 
 from gluonseg.errors import GluonsegError
 from gluonseg.logging_setup import configure_logging
+from gluonseg.util import available_cpus
 from serve import proxy
 from serve.capacity import default_workers
 from serve.readiness import Readiness
-from serve.settings import ServerSettings, cpu_count
+from serve.settings import ServerSettings
 
 log = logging.getLogger("gluonseg.serve")
 
@@ -216,16 +217,16 @@ def settings_with(
         if workers is None and not settings.workers_asked:
             # The default count depends on the model's size: size it for this model, not /opt/ml's.
             count, note = default_workers(
-                cpu_count(), Path(model_dir), inference.get("native_max_pixels") or settings.native_max_pixels
+                available_cpus(), Path(model_dir), inference.get("native_max_pixels") or settings.native_max_pixels
             )
-            changes.update(workers=count, threads_per_worker=max(1, cpu_count() // count), workers_note=note)
+            changes.update(workers=count, threads_per_worker=max(1, available_cpus() // count), workers_note=note)
     if port is not None:
         changes["port"] = port
     if proxy is not None:
         changes["proxy"] = proxy
     if workers is not None:
         changes["workers"] = workers
-        changes["threads_per_worker"] = max(1, cpu_count() // workers)
+        changes["threads_per_worker"] = max(1, available_cpus() // workers)
         changes["workers_note"] = f"{workers} worker(s), as --workers asks"
         changes["workers_asked"] = True
     return replace(settings, **changes)

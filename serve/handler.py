@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from gluonseg.codecs.content_types import PNG, PROTOBUF, RECORDIO_PROTOBUF, check_request_type, choose_accept
-from gluonseg.codecs.decode import decode_image
+from gluonseg.codecs.decode import DEFAULT_DECODE_MAX_PIXELS, decode_image
 from gluonseg.codecs.encode import encode_response
+from gluonseg.inference.geometry import NATIVE_MAX_PIXELS  # numpy and PIL only: no MXNet before the fork
 
 log = logging.getLogger("gluonseg.serve")
-
-DEFAULT_MAX_PIXELS = 36_000_000
 
 
 @dataclass
@@ -28,11 +27,11 @@ class Context:
 
     model_dir: Path
     default_accept: str = PNG
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_max_pixels: int = DEFAULT_DECODE_MAX_PIXELS  # the decode bound: larger images are refused
     precision: str = "fp32"  # the network's precision, and where INT8 calibration images are
     calibration_dir: Path | None = None
-    scale: str = "native"  # gluonseg.inference: the image at its own size, or short side = crop_size
-    native_max_pixels: int = 1 << 20
+    scale: str = "native"  # gluonseg.inference.geometry: the image at its own size, or short side = crop_size
+    native_max_pixels: int = NATIVE_MAX_PIXELS  # the native-scale bound: larger images are scaled down
     request_headers: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -63,16 +62,16 @@ class SegmentationHandler:
         self.load_seconds = 0.0
 
     def initialize(self, context: Context) -> None:
-        from gluonseg.inference import Predictor  # MXNet is imported here, in the worker, after the fork
+        from gluonseg.inference.loading import load_predictor  # MXNet is imported here, in the worker, after the fork
 
         start = time.perf_counter()
         self.context = context
-        self.predictor = Predictor.from_model_dir(
+        self.predictor = load_predictor(
             Path(context.system_properties["model_dir"]),
             precision=context.precision,
             calibration_dir=context.calibration_dir,
             scale=context.scale,
-            max_pixels=context.native_max_pixels,
+            native_max_pixels=context.native_max_pixels,
         )
         self.load_seconds = time.perf_counter() - start
         self.initialized = True
@@ -86,14 +85,14 @@ class SegmentationHandler:
         )
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[DecodedRequest]:
-        """Check the media types first (cheap 415/406 answers), then decode the images."""
+        """Check the media types first (cheap refusals), then decode the images."""
         assert self.context is not None
         requests = []
         for index, item in enumerate(data):
             content_type = self.context.get_request_header(index, "Content-Type")
             media = check_request_type(content_type)
             accept = choose_accept(self.context.get_request_header(index, "Accept"), self.context.default_accept)
-            image = decode_image(item.get("body") or b"", media, max_pixels=self.context.max_pixels)
+            image = decode_image(item.get("body") or b"", media, decode_max_pixels=self.context.decode_max_pixels)
             requests.append(DecodedRequest(image, accept))
         return requests
 

@@ -6,17 +6,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from gluonseg.codecs.decode import DEFAULT_DECODE_MAX_PIXELS  # a JPEG under 6 MB can declare far more
 from gluonseg.errors import ClientError
+from gluonseg.inference.geometry import NATIVE_MAX_PIXELS, SCALES  # numpy and PIL only: no MXNet here
+from gluonseg.util import available_cpus
 from serve.capacity import default_workers
 
 DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT_S = 60
 DEFAULT_MAX_PAYLOAD_MB = 6
 MAX_BATCH_PAYLOAD_MB = 100  # SageMaker's ceiling for MaxPayloadInMB
-DEFAULT_MAX_PIXELS = 36_000_000  # ~6000 x 6000; a JPEG under 6 MB can declare far more (decompression bombs)
-PRECISIONS = ("fp32", "int8", "bf16")  # as gluonseg.quantization.PRECISIONS
-SCALES = ("native", "crop")  # as gluonseg.inference.SCALES
-DEFAULT_NATIVE_MAX_PIXELS = 1 << 20  # as gluonseg.inference.NATIVE_MAX_PIXELS
+PRECISIONS = ("fp32", "int8", "bf16")  # as gluonseg.inference.precision.PRECISIONS
 # The nginx front (serve/nginx.conf.template). Timeouts in seconds; README "Serving stack" says why each.
 DEFAULT_QUEUE_PER_WORKER = 4  # waiting requests per worker: ~4 requests' time stays well inside 60 s
 DEFAULT_CLIENT_HEADER_TIMEOUT_S = 10  # the whole header
@@ -62,7 +62,7 @@ def _bool(value: str | None, name: str) -> bool:
 
 
 def _precision(value: str | None) -> str:
-    # Checked here, not with gluonseg.quantization's helper: the gunicorn master must not import MXNet.
+    # Checked here, not with gluonseg.inference.precision's helper: the gunicorn master must not import MXNet.
     precision = (value or "fp32").strip().lower()
     if precision not in PRECISIONS:
         raise ClientError(f"GLUONSEG_PRECISION must be one of {', '.join(PRECISIONS)}, got {value!r}")
@@ -76,13 +76,6 @@ def _scale(value: str | None) -> str:
     return scale
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class ServerSettings:
     model_dir: Path
@@ -92,12 +85,12 @@ class ServerSettings:
     timeout_s: int = DEFAULT_TIMEOUT_S
     default_accept: str = "image/png"
     max_payload_mb: int = DEFAULT_MAX_PAYLOAD_MB
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_max_pixels: int = DEFAULT_DECODE_MAX_PIXELS  # GLUONSEG_MAX_PIXELS: larger images are refused
     batch: bool = False
-    precision: str = "fp32"  # GLUONSEG_PRECISION: fp32 | int8 | bf16 (gluonseg.quantization)
+    precision: str = "fp32"  # GLUONSEG_PRECISION: fp32 | int8 | bf16 (gluonseg.inference.precision)
     calibration_dir: Path | None = None  # GLUONSEG_CALIBRATION_DIR: images to calibrate INT8 at load
-    scale: str = SCALES[0]  # GLUONSEG_INFERENCE_SCALE: native | crop (gluonseg.inference)
-    native_max_pixels: int = DEFAULT_NATIVE_MAX_PIXELS  # GLUONSEG_NATIVE_MAX_PIXELS: larger pictures are scaled down
+    scale: str = SCALES[0]  # GLUONSEG_INFERENCE_SCALE: native | crop (gluonseg.inference.geometry)
+    native_max_pixels: int = NATIVE_MAX_PIXELS  # GLUONSEG_NATIVE_MAX_PIXELS: larger pictures are scaled down
     proxy: bool = True  # nginx in front (GLUONSEG_NO_PROXY=true or --no-proxy: gunicorn alone, for debugging)
     max_queue: int | None = None  # GLUONSEG_MAX_QUEUE: requests waiting for a worker; None: 4 per worker
     client_header_timeout_s: int = DEFAULT_CLIENT_HEADER_TIMEOUT_S  # GLUONSEG_CLIENT_HEADER_TIMEOUT
@@ -121,10 +114,8 @@ class ServerSettings:
     def from_env(cls) -> ServerSettings:
         base = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
         model_dir = Path(_env("GLUONSEG_MODEL_DIR") or base / "model")
-        cores = cpu_count()
-        native_max_pixels = _int(
-            _env("GLUONSEG_NATIVE_MAX_PIXELS"), "GLUONSEG_NATIVE_MAX_PIXELS", DEFAULT_NATIVE_MAX_PIXELS
-        )
+        cores = available_cpus()
+        native_max_pixels = _int(_env("GLUONSEG_NATIVE_MAX_PIXELS"), "GLUONSEG_NATIVE_MAX_PIXELS", NATIVE_MAX_PIXELS)
         asked = _env("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS")
         if asked is not None:
             workers = _int(asked, "SAGEMAKER_MODEL_SERVER_WORKERS", 1)
@@ -148,7 +139,7 @@ class ServerSettings:
             ),
             default_accept=(_env("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or "image/png").strip().lower(),
             max_payload_mb=min(payload, MAX_BATCH_PAYLOAD_MB),
-            max_pixels=_int(_env("GLUONSEG_MAX_PIXELS"), "GLUONSEG_MAX_PIXELS", DEFAULT_MAX_PIXELS),
+            decode_max_pixels=_int(_env("GLUONSEG_MAX_PIXELS"), "GLUONSEG_MAX_PIXELS", DEFAULT_DECODE_MAX_PIXELS),
             batch=batch,
             precision=_precision(_env("GLUONSEG_PRECISION")),
             calibration_dir=Path(calibration) if (calibration := _env("GLUONSEG_CALIBRATION_DIR")) else None,

@@ -18,7 +18,8 @@ from gluonseg.data.channels import pair_channel
 from gluonseg.data.images import load_image, load_mask
 from gluonseg.data.label_map import parse_label_map
 from gluonseg.evaluate import evaluate_folder, with_progress
-from gluonseg.inference import Predictor
+from gluonseg.inference.loading import load_predictor
+from gluonseg.inference.predictor import Predictor
 from gluonseg.metrics import ConfusionMatrix
 from gluonseg.palette import voc_palette
 from gluonseg.plots import plot_confusion_matrix
@@ -42,7 +43,7 @@ def gluonseg(*args: object) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def predictor(trained_model_dir):
-    return Predictor.from_model_dir(trained_model_dir)
+    return load_predictor(trained_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +200,8 @@ def test_predict_and_transform_take_the_scale_flag(tmp_path, trained_model_dir, 
     source = tmp_path / "in" / "wide.jpg"
     write_image(source, width=150, height=90, seed=9)
     image = load_image(source, source.name)
-    crop = Predictor.from_model_dir(trained_model_dir, scale="crop").predict(image, want_probabilities=True)
-    native = Predictor.from_model_dir(trained_model_dir).predict(image, want_probabilities=True)
+    crop = load_predictor(trained_model_dir, scale="crop").predict(image, want_probabilities=True)
+    native = load_predictor(trained_model_dir).predict(image, want_probabilities=True)
     assert np.abs(crop.probabilities - native.probabilities).max() > 1e-3  # the two scales are told apart
 
     out = tmp_path / "predicted"

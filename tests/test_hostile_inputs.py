@@ -37,6 +37,7 @@ from PIL import Image, ImageFile
 from gluonseg.codecs.content_types import PNG, check_request_type, choose_accept
 from gluonseg.codecs.decode import decode_image, decode_probabilities
 from gluonseg.errors import RequestError
+from serve.app import status_of as http_status
 from tests.server_process import Server
 
 CLASSES = 4  # the trained_model_dir model
@@ -169,7 +170,7 @@ def expected(body: bytes, content_type: str | None, accept: str | None) -> Expec
         response_type = choose_accept(accept, PNG)
         image = decode_image(body, content_type)
     except RequestError as exc:
-        return Expected(exc.status)
+        return Expected(http_status(exc))
     return Expected(200, response_type, image.shape[:2])
 
 

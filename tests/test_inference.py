@@ -14,11 +14,14 @@ import pytest
 from mxnet import gluon
 from PIL import Image
 
-from gluonseg import inference
 from gluonseg.artifacts import BEST_PARAMS, write_hyperparams
 from gluonseg.data.transforms import normalize
 from gluonseg.hyperparameters import parse
-from gluonseg.inference import Predictor, logits_to_prediction, resized_size, tile_starts
+from gluonseg.inference import postprocess
+from gluonseg.inference.geometry import resized_size, tile_starts
+from gluonseg.inference.loading import load_predictor
+from gluonseg.inference.postprocess import logits_to_prediction
+from gluonseg.inference.predictor import Predictor
 from gluonseg.models import build_network, load_trained_network
 from gluonseg.palette import voc_palette
 
@@ -66,7 +69,7 @@ def fcn_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fcn(fcn_dir):
-    return Predictor.from_model_dir(fcn_dir)
+    return load_predictor(fcn_dir)
 
 
 # -- geometry
@@ -171,7 +174,7 @@ def test_crop_scale_traces_one_graph_for_requests_of_any_size(fcn_dir, monkeypat
     monkeypatch.setattr(gluon.HybridBlock, "_build_cache", counting_build_cache)
     monkeypatch.setattr(FCN, "hybrid_forward", counting_hybrid_forward)
     monkeypatch.setattr(gluon.HybridBlock, "_call_cached_op", recording_call_cached_op)
-    predictor = Predictor.from_model_dir(fcn_dir, scale="crop")
+    predictor = load_predictor(fcn_dir, scale="crop")
     cached_op = predictor.net._cached_op
     assert cached_op is not None  # compiled at load time, before any request
     for size in [(64, 64), (65, 97), (150, 200), (1, 1), (3, 300), (64, 64)]:
@@ -217,7 +220,7 @@ def test_concurrent_requests_match_serial_ones(fcn, monkeypatch):
 @pytest.mark.parametrize("algorithm", ["psp", "deeplab"])
 def test_psp_and_deeplab_models(tmp_path, algorithm):
     folder = make_model_dir(tmp_path / algorithm, algorithm)
-    predictor = Predictor.from_model_dir(folder)
+    predictor = load_predictor(folder)
     assert predictor.algorithm == algorithm
     for size in [(64, 64), (65, 97), (2, 1)]:
         result = predictor.predict(image_of(*size), want_probabilities=True)
@@ -290,7 +293,7 @@ def test_logits_are_resized_bilinearly_then_softmaxed(src, dst):
 def test_bands_change_nothing(monkeypatch):
     logits = np.random.default_rng(1).normal(size=(4, 11, 13)).astype(np.float32)
     whole = logits_to_prediction(logits, 57, 31, want_probabilities=True)
-    monkeypatch.setattr(inference, "BAND_ELEMENTS", 4 * 31 * 5)  # 5 rows per band, the last one shorter
+    monkeypatch.setattr(postprocess, "BAND_ELEMENTS", 4 * 31 * 5)  # 5 rows per band, the last one shorter
     banded = logits_to_prediction(logits, 57, 31, want_probabilities=True)
     assert np.array_equal(whole.probabilities, banded.probabilities)
     assert np.array_equal(whole.mask, banded.mask)

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from gluoncv.model_zoo import FCN, DeepLabV3, PSPNet
 
-from gluonseg import inference, shape_graphs
 from gluonseg.artifacts import BEST_PARAMS
 from gluonseg.data.transforms import normalize
-from gluonseg.inference import Predictor, native_canvas_shape, native_size
-from gluonseg.shape_graphs import respecialise, traced_symbol
+from gluonseg.inference import geometry, shape_graphs
+from gluonseg.inference.geometry import native_canvas_shape, native_size
+from gluonseg.inference.loading import load_predictor
+from gluonseg.inference.predictor import Predictor
+from gluonseg.inference.shape_graphs import respecialise, traced_symbol
 from tests.test_inference import CLASSES, CROP, image_of, make_model_dir, softmax
 
 STOCK = {"fcn": FCN, "psp": PSPNet, "deeplab": DeepLabV3}
@@ -30,7 +32,7 @@ def stock_predict(folder, algorithm: str, image: np.ndarray | None = None, data:
 @pytest.mark.parametrize("algorithm", ["fcn", "psp", "deeplab"])
 def test_native_scale_is_gluoncv_predict(tmp_path, algorithm):
     folder = make_model_dir(tmp_path / algorithm, algorithm)
-    predictor = Predictor.from_model_dir(folder)
+    predictor = load_predictor(folder)
     assert predictor.scale == "native"
     for size in [(96, 72), (72, 136)]:  # multiples of 8 other than the crop, both orientations
         image = image_of(*size, seed=size[0])
@@ -43,7 +45,7 @@ def test_native_scale_is_gluoncv_predict(tmp_path, algorithm):
 
 def test_sides_off_the_multiple_of_8_are_padded_and_cropped(tmp_path):
     folder = make_model_dir(tmp_path / "fcn", "fcn")
-    predictor = Predictor.from_model_dir(folder)
+    predictor = load_predictor(folder)
     image = image_of(70, 90, seed=4)
     logits = predictor.native_logits(image)
     assert logits.shape == (CLASSES, 70, 90)
@@ -69,7 +71,7 @@ def test_native_size_keeps_the_canvas_under_the_pixel_bound(size, max_pixels, ex
     if expected is not None:
         assert (h, w) == expected
     canvas_h, canvas_w = native_canvas_shape(h, w)
-    assert canvas_h % 8 == 0 and canvas_w % 8 == 0 and min(canvas_h, canvas_w) >= inference.NATIVE_MIN_SIDE
+    assert canvas_h % 8 == 0 and canvas_w % 8 == 0 and min(canvas_h, canvas_w) >= geometry.NATIVE_MIN_SIDE
     assert canvas_h * canvas_w <= max_pixels
     assert 1 <= h <= size[0] and 1 <= w <= size[1]
     if (h, w) != tuple(size):  # scaled down: aspect kept (to a pixel), and not needlessly small
@@ -79,7 +81,7 @@ def test_native_size_keeps_the_canvas_under_the_pixel_bound(size, max_pixels, ex
 
 def test_large_pictures_are_scaled_down_and_answered_at_their_size(tmp_path):
     folder = make_model_dir(tmp_path / "fcn", "fcn")
-    predictor = Predictor.from_model_dir(folder, max_pixels=128 * 128)
+    predictor = load_predictor(folder, native_max_pixels=128 * 128)
     image = image_of(300, 400, seed=8)
     result = predictor.predict(image, want_probabilities=True)
     assert result.mask.shape == (300, 400) and result.probabilities.shape == (CLASSES, 300, 400)
@@ -89,7 +91,7 @@ def test_large_pictures_are_scaled_down_and_answered_at_their_size(tmp_path):
 
 def test_graphs_are_compiled_once_per_shape_and_the_cache_is_bounded(tmp_path, monkeypatch):
     folder = make_model_dir(tmp_path / "fcn", "fcn")
-    predictor = Predictor.from_model_dir(folder)
+    predictor = load_predictor(folder)
     built = []
     load_json = mx.sym.load_json
     monkeypatch.setattr(shape_graphs.mx.sym, "load_json", lambda text: built.append(1) or load_json(text))
@@ -103,7 +105,7 @@ def test_graphs_are_compiled_once_per_shape_and_the_cache_is_bounded(tmp_path, m
 
 def test_the_rewrite_touches_only_resize_targets_derived_from_the_crop(tmp_path):
     folder = make_model_dir(tmp_path / "psp", "psp")
-    predictor = Predictor.from_model_dir(folder, scale="crop")
+    predictor = load_predictor(folder, scale="crop")
     text = traced_symbol(predictor.net).tojson()
     rewritten = json.loads(respecialise(text, CROP, 96, 72))
     original = json.loads(text)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import socket
 import threading
 import zipfile
 from pathlib import Path
@@ -21,15 +20,10 @@ from gluoncv.model_zoo import model_store, resnet50_v1s
 from gluonseg import pretrained
 from gluonseg.errors import ClientError
 from gluonseg.models import backbone_parameters, build_network
+from gluonseg.util import free_port
 
 NAME = "resnet50_v1s"
 REAL_SHA1 = "25a187fa281ddc98afbcd0cc0f0646885b874b80"  # GluonCV's published hash for resnet50_v1s
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

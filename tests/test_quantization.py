@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gluonseg import quantization
 from gluonseg.artifacts import BEST_PARAMS
+from gluonseg.cli import main as cli_main
 from gluonseg.data.images import load_image
 from gluonseg.errors import ClientError
-from gluonseg.inference import Predictor, network_tiles
+from gluonseg.inference import precision as quantization
+from gluonseg.inference.geometry import network_tiles
+from gluonseg.inference.loading import load_predictor
 from serve.app import create_app
 from serve.handler import SegmentationHandler
 from serve.settings import ServerSettings
@@ -44,19 +46,19 @@ def calibration_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fp32(fcn_dir):
-    return Predictor.from_model_dir(fcn_dir)
+    return load_predictor(fcn_dir)
 
 
 @pytest.fixture(scope="module")
 def int8(fcn_dir, calibration_dir):
-    return Predictor.from_model_dir(fcn_dir, precision="int8", calibration_dir=calibration_dir)
+    return load_predictor(fcn_dir, precision="int8", calibration_dir=calibration_dir)
 
 
 # -- calibration tiles
 
 
 def test_calibration_tiles_are_what_the_network_is_fed_at_crop_scale(fcn_dir, monkeypatch):
-    fp32 = Predictor.from_model_dir(fcn_dir, scale="crop")
+    fp32 = load_predictor(fcn_dir, scale="crop")
     image = image_of(50, 150, seed=4)  # resized to 64x192: five overlapping tiles
     fed = []
     original = fp32._forward_tile
@@ -102,12 +104,12 @@ def test_int8_predictor_output_shape_dtype_and_closeness(fp32, int8):
 
 def test_int8_needs_files_or_calibration_images(fcn_dir):
     with pytest.raises(ClientError, match="GLUONSEG_CALIBRATION_DIR"):
-        Predictor.from_model_dir(fcn_dir, precision="int8")
+        load_predictor(fcn_dir, precision="int8")
 
 
 def test_unknown_precision_is_a_client_error(fcn_dir):
     with pytest.raises(ClientError, match="precision must be one of fp32, int8, bf16"):
-        Predictor.from_model_dir(fcn_dir, precision="fp16")
+        load_predictor(fcn_dir, precision="fp16")
     assert quantization.check_precision(" INT8 ") == "int8"
 
 
@@ -116,7 +118,7 @@ def test_exported_int8_loads_without_calibration_and_equals_load_time_quantizati
 ):
     folder = tmp_path / "model"
     shutil.copytree(fcn_dir, folder)
-    assert quantization.main(["--model-dir", str(folder), "--calibration", str(calibration_dir), "--num", "3"]) == 0
+    assert cli_main(["quantize", "--model-dir", str(folder), "--calibration", str(calibration_dir), "--num", "3"]) == 0
     for name in (quantization.INT8_SYMBOL, quantization.INT8_PARAMS, quantization.INT8_RECORD):
         assert (folder / name).exists(), name
     written = json.loads((folder / quantization.INT8_RECORD).read_text())
@@ -124,7 +126,7 @@ def test_exported_int8_loads_without_calibration_and_equals_load_time_quantizati
     assert written["calibration_tiles"] == 6 and written["crop_size"] == CROP
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary files left
 
-    loaded = Predictor.from_model_dir(folder, precision="int8")  # no calibration images this time
+    loaded = load_predictor(folder, precision="int8")  # no calibration images this time
     assert loaded.precision == "int8"
     image = image_of(60, 90, seed=6)
     # Same calibration tiles, same naive ranges: the exported graph computes what load-time quantization does.
@@ -136,7 +138,7 @@ def test_exported_int8_loads_without_calibration_and_equals_load_time_quantizati
     arrays[key] = arrays[key] * 1.5
     mx.nd.save(str(folder / BEST_PARAMS), arrays)
     with pytest.raises(ClientError, match="GLUONSEG_CALIBRATION_DIR"):
-        Predictor.from_model_dir(folder, precision="int8")
+        load_predictor(folder, precision="int8")
 
 
 def test_int8_agrees_with_fp32_on_a_trained_model(tmp_path, trained_model_dir, generated_dataset):
@@ -144,8 +146,8 @@ def test_int8_agrees_with_fp32_on_a_trained_model(tmp_path, trained_model_dir, g
     shutil.copytree(trained_model_dir, folder)  # the session's model folder stays as it is
     validation = generated_dataset / "validation"
     quantization.export_int8(folder, validation, num_images=4)
-    fp32 = Predictor.from_model_dir(folder)
-    int8 = Predictor.from_model_dir(folder, precision="int8")
+    fp32 = load_predictor(folder)
+    int8 = load_predictor(folder, precision="int8")
     equal = pixels = 0
     for path in sorted(validation.iterdir()):
         image = load_image(path, path.name)
@@ -160,8 +162,8 @@ def test_int8_agrees_with_fp32_on_a_trained_model(tmp_path, trained_model_dir, g
 
 
 def test_bf16_runs_or_falls_back_with_a_logged_reason(fcn_dir, fp32, caplog):
-    with caplog.at_level(logging.WARNING, logger="gluonseg.quantization"):
-        bf16 = Predictor.from_model_dir(fcn_dir, precision="bf16")
+    with caplog.at_level(logging.WARNING, logger="gluonseg.inference.precision"):
+        bf16 = load_predictor(fcn_dir, precision="bf16")
     image = image_of(40, 64, seed=8)
     if bf16.precision == "bf16":  # this CPU and MXNet build run oneDNN BF16
         assert correlation(bf16.averaged_logits(image), fp32.averaged_logits(image)) > 0.99
@@ -180,8 +182,8 @@ def test_bf16_failure_falls_back_to_fp32(fcn_dir, fp32, monkeypatch, caplog):
         raise mx.base.MXNetError("bfloat16 is not supported on this CPU")
 
     monkeypatch.setattr(amp, "convert_hybrid_block", unsupported)
-    with caplog.at_level(logging.WARNING, logger="gluonseg.quantization"):
-        predictor = Predictor.from_model_dir(fcn_dir, precision="bf16")
+    with caplog.at_level(logging.WARNING, logger="gluonseg.inference.precision"):
+        predictor = load_predictor(fcn_dir, precision="bf16")
     assert predictor.precision == "fp32"
     assert "BF16 inference is not supported here (bfloat16 is not supported on this CPU)" in caplog.text
     image = image_of(40, 64, seed=9)

@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from gluonseg.errors import ClientError
+from gluonseg.util import available_cpus as cpu_count
 from serve.app import create_app
 from serve.handler import SegmentationHandler
-from serve.settings import ServerSettings, cpu_count
+from serve.settings import ServerSettings
 
 ENV_NAMES = [
     "SAGEMAKER_BASE_DIR",
@@ -124,7 +125,7 @@ def test_inference_scale_from_the_environment_reaches_the_predictor(clean_env, t
     assert s.scale == "crop" and s.native_max_pixels == 5000
     handler = SegmentationHandler()
     create_app(s, handler)
-    assert handler.predictor.scale == "crop" and handler.predictor.max_pixels == 5000
+    assert handler.predictor.scale == "crop" and handler.predictor.native_max_pixels == 5000
     clean_env.setenv("GLUONSEG_INFERENCE_SCALE", "whole")
     with pytest.raises(ClientError, match="GLUONSEG_INFERENCE_SCALE must be one of native, crop, got 'whole'"):
         ServerSettings.from_env()
@@ -135,7 +136,7 @@ def test_inference_scale_from_the_environment_reaches_the_predictor(clean_env, t
 
 
 def test_serve_flags_override_the_inference_settings_and_leave_the_decode_bound(clean_env, tmp_path):
-    from gluonseg.cli import _inference_options, _server_names, build_parser
+    from gluonseg.cli import _inference_options, build_parser
     from serve.entry import settings_with
 
     clean_env.delenv("GLUONSEG_MAX_PIXELS", raising=False)
@@ -143,8 +144,8 @@ def test_serve_flags_override_the_inference_settings_and_leave_the_decode_bound(
     args = build_parser().parse_args(
         ["serve", "--model-dir", str(tmp_path), "--scale", "crop", "--max-native-pixels", "5000", "--precision", "bf16"]
     )
-    s = settings_with(base, model_dir=args.model_dir, **_server_names(_inference_options(args)))
+    s = settings_with(base, model_dir=args.model_dir, **_inference_options(args))
     assert (s.scale, s.native_max_pixels, s.precision) == ("crop", 5000, "bf16")
-    assert s.max_pixels == base.max_pixels  # the decompression-bomb bound is another setting
+    assert s.decode_max_pixels == base.decode_max_pixels  # the decompression-bomb bound is another setting
     unset = build_parser().parse_args(["serve", "--model-dir", str(tmp_path)])
-    assert settings_with(base, **_server_names(_inference_options(unset))) == base
+    assert settings_with(base, **_inference_options(unset)) == base

@@ -8,7 +8,12 @@ under either protobuf name: the docs say `application/x-recordio-protobuf`, the 
 
 from __future__ import annotations
 
-from gluonseg.errors import NotAcceptable, UnsupportedMediaType
+import math
+
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_list_header, parse_options_header
+
+from gluonseg.errors import NotAcceptable, UnsupportedContentType
 
 PNG = "image/png"
 JPEG = "image/jpeg"
@@ -31,46 +36,34 @@ def parse_content_type(header: str | None) -> str:
 
 
 def check_request_type(content_type: str | None) -> str:
-    """The request's media type when we decode it; UnsupportedMediaType (415) otherwise, a missing one included."""
+    """The request's media type when we decode it; UnsupportedContentType otherwise, a missing one included."""
     media = parse_content_type(content_type)
     if media not in REQUEST_TYPES:
         got = f"unsupported request Content-Type {content_type!r}" if media else "the request has no Content-Type"
-        raise UnsupportedMediaType(f"{got}; send the image bytes with Content-Type one of: {', '.join(REQUEST_TYPES)}")
+        raise UnsupportedContentType(
+            f"{got}; send the image bytes with Content-Type one of: {', '.join(REQUEST_TYPES)}"
+        )
     return media
 
 
-def _parse_accept(header: str) -> list[tuple[str, float]]:
-    """(media range, q) per entry, in header order. A bad q counts as 1: being lenient beats a 406."""
-    ranges = []
-    for entry in header.split(","):
-        parts = [p.strip() for p in entry.split(";")]
-        media = parts[0].lower()
-        if not media:
-            continue
+def _accept_ranges(header: str) -> list[tuple[str, float]]:
+    """(media range, q) per entry, parameters other than q dropped, a range named twice kept once (the
+    first). Lenient where Werkzeug's own parser is strict: a bad q counts as 1 (being lenient beats a
+    406), a bare `*` means `*/*`."""
+    ranges: dict[str, float] = {}
+    for entry in parse_list_header(header):
+        media, params = parse_options_header(entry)
+        media = media.strip().lower()
         if media == "*":  # Java's HttpURLConnection sends a bare "*"
             media = "*/*"
-        q = 1.0
-        for param in parts[1:]:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = min(max(float(value.strip()), 0.0), 1.0)
-                except ValueError:
-                    q = 1.0
-        ranges.append((media, q))
-    return ranges
-
-
-def _match(media_range: str, media_type: str) -> int:
-    """How specifically a range names a type: 2 exact, 1 `type/*`, 0 `*/*`, -1 no match."""
-    if media_range == media_type:
-        return 2
-    if media_range == "*/*":
-        return 0
-    kind, _, sub = media_range.partition("/")
-    if sub == "*" and media_type.startswith(kind + "/"):
-        return 1
-    return -1
+        if not media or media in ranges:
+            continue
+        try:
+            q = float(params.get("q", "1").strip())
+        except ValueError:
+            q = 1.0
+        ranges[media] = min(max(q, 0.0), 1.0) if math.isfinite(q) else 1.0
+    return list(ranges.items())
 
 
 def choose_accept(accept_header: str | None, default: str) -> str:
@@ -78,8 +71,8 @@ def choose_accept(accept_header: str | None, default: str) -> str:
 
     Missing, empty or `*/*` gives `default` (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT or image/png).
     Otherwise each supported type takes the q of the most specific range that names it (RFC 9110);
-    the highest q wins, then a type the client named exactly, then the earlier-listed range, then
-    `default`. q=0 excludes a type. Nothing acceptable raises NotAcceptable (406).
+    the highest q wins, then the type named most specifically, then the one whose range is listed
+    first, then `default`. q=0 excludes a type. Nothing acceptable raises NotAcceptable.
     """
     default_type = parse_content_type(default)
     if default_type not in RESPONSE_TYPES:
@@ -89,24 +82,15 @@ def choose_accept(accept_header: str | None, default: str) -> str:
         )
     if accept_header is None or not accept_header.strip():
         return default_type
-    ranges = _parse_accept(accept_header)
-    best: tuple | None = None
-    for order, media_type in enumerate(RESPONSE_TYPES):
-        # (specificity, q, position) of the most specific range naming this type
-        found = None
-        for position, (media_range, q) in enumerate(ranges):
-            specificity = _match(media_range, media_type)
-            if specificity >= 0 and (found is None or specificity > found[0]):
-                found = (specificity, q, position)
-        if found is None or found[1] <= 0.0:
-            continue
-        specificity, q, position = found
-        key = (q, specificity == 2, -position, media_type == default_type, -order)
-        if best is None or key > best[0]:
-            best = (key, media_type)
+    accept = MIMEAccept(_accept_ranges(accept_header))
+    # best_match settles q and specificity; equal ones go to the earlier candidate. MIMEAccept keeps the
+    # ranges sorted by (specificity, q), header order within, so `find` orders the candidates by the
+    # position of the range that names each, then the default first, then RESPONSE_TYPES' order.
+    candidates = sorted(RESPONSE_TYPES, key=lambda media: (accept.find(media), media != default_type))
+    best = accept.best_match(candidates)
     if best is None:
         raise NotAcceptable(
             f"cannot answer with any type in Accept {accept_header!r}; supported response types: "
             f"{', '.join(RESPONSE_TYPES)}"
         )
-    return best[1]
+    return best

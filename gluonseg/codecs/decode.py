@@ -2,7 +2,7 @@
 
 `decode_image` is the server side: it takes untrusted bytes, so it refuses oversized images from
 the header before any pixel is decoded (a few-hundred-byte PNG can declare 10^10 pixels), never
-decodes a truncated file as gray filler, and turns every decoder failure into a short 400.
+decodes a truncated file as gray filler, and turns every decoder failure into a short RequestError.
 It keeps no state between calls and PIL decodes each request into its own objects, so gunicorn
 threads may call it concurrently.
 
@@ -18,13 +18,13 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from gluonseg.codecs.content_types import check_request_type
-from gluonseg.errors import PayloadTooLarge, RequestError
+from gluonseg.errors import RequestError, RequestTooLarge
 
 # When True, a cut-off JPEG or PNG "decodes" with the missing rows gray. It is a process-wide flag
 # and `import gluoncv` turns it on (gluoncv/data/mhp.py), so it is turned off again before each load.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-DEFAULT_MAX_PIXELS = 36_000_000  # 6000 x 6000: far beyond what the model is fed, well within memory
+DEFAULT_DECODE_MAX_PIXELS = 36_000_000  # 6000 x 6000: far beyond what the model is fed, well within memory
 
 # The formats we decode, by their leading bytes. Sniffed ourselves so that no other PIL plugin
 # ever parses a request, and a mislabelled body (PNG sent as image/jpeg) still decodes.
@@ -107,13 +107,13 @@ def _apply_exif_orientation(img: Image.Image) -> Image.Image:
         return img
 
 
-def decode_image(body: bytes, content_type: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(body: bytes, content_type: str, decode_max_pixels: int = DEFAULT_DECODE_MAX_PIXELS) -> np.ndarray:
     """An HTTP request body to an RGB uint8 array (H, W, 3), turned as its EXIF orientation says.
 
-    `content_type` must be one of the request types (else 415) but need not match the bytes: a PNG
-    labelled image/jpeg decodes, since clients mislabel often. Only JPEG and PNG bytes are decoded.
-    Raises RequestError (400) for an empty, unknown, truncated or corrupt body, PayloadTooLarge
-    (413) for more than `max_pixels` pixels, decided from the header alone.
+    `content_type` must be one of the request types (else UnsupportedContentType) but need not match the
+    bytes: a PNG labelled image/jpeg decodes, since clients mislabel often. Only JPEG and PNG bytes are
+    decoded. Raises RequestError for an empty, unknown, truncated or corrupt body, RequestTooLarge for
+    more than `decode_max_pixels` pixels, decided from the header alone.
     """
     check_request_type(content_type)
     if not body:
@@ -129,8 +129,8 @@ def decode_image(body: bytes, content_type: str, max_pixels: int = DEFAULT_MAX_P
     try:
         img = Image.open(io.BytesIO(body), formats=[fmt])  # reads the header only
     except Image.DecompressionBombError as exc:  # PIL's own cap (~179 MP) fires inside open()
-        raise PayloadTooLarge(
-            f"the image is too large ({_short(exc)}); at most {max_pixels} pixels are allowed"
+        raise RequestTooLarge(
+            f"the image is too large ({_short(exc)}); at most {decode_max_pixels} pixels are allowed"
         ) from None
     except Exception as exc:  # noqa: BLE001 - a request must never become a traceback
         raise RequestError(f"cannot decode the {fmt} image (truncated or corrupt?): {_short(exc)}") from None
@@ -139,9 +139,9 @@ def decode_image(body: bytes, content_type: str, max_pixels: int = DEFAULT_MAX_P
         width, height = img.size
         if width <= 0 or height <= 0:
             raise RequestError(f"the {fmt} image declares an empty size {width}x{height}")
-        if width * height > max_pixels:
-            raise PayloadTooLarge(
-                f"the image is {width}x{height} = {width * height} pixels, more than the {max_pixels} allowed; "
+        if width * height > decode_max_pixels:
+            raise RequestTooLarge(
+                f"the image is {width}x{height} = {width * height} pixels, more than the {decode_max_pixels} allowed; "
                 "send a smaller image"
             )
         try:

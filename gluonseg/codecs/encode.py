@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from gluonseg.codecs.content_types import PNG, PROTOBUF_TYPES, RESPONSE_TYPES, parse_content_type
-from gluonseg.errors import NotAcceptable, PayloadTooLarge
+from gluonseg.errors import NotAcceptable, RequestTooLarge
 from gluonseg.palette import voc_palette
 from gluonseg.recordio import MAX_LENGTH, encode_record
 
@@ -90,7 +90,7 @@ def encode_probabilities(probs: np.ndarray) -> bytes:
         + target_value_len
     )
     if payload_len > MAX_LENGTH:  # checked before any copy of the data
-        raise PayloadTooLarge(
+        raise RequestTooLarge(
             f"the probabilities for a {height}x{width} image with {channels} classes take {payload_len} bytes, "
             f"more than one RecordIO record holds ({MAX_LENGTH}); send a smaller image or Accept: {PNG}"
         )

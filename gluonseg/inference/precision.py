@@ -8,10 +8,11 @@ tiles become its fixed quantization ranges; no range is computed per request). C
 FP32, as GluonCV does for its PSP/DeepLab INT8 models: concat of branches with different ranges loses
 the most. Calibration tiles are exactly what the Predictor feeds the network (`network_tiles`), made
 from real images. Those images come from, in order of preference:
-1. the export: `export_int8(model_dir, calibration_dir)` (CLI: `python -m gluonseg.quantization
-   --model-dir M --calibration DIR [--num N]`) writes `model-int8-symbol.json`, `model-int8-0000.params`
-   and `model-int8.json` (what it was calibrated on, and the SHA-256 of the FP32 parameters it came from)
-   into the model folder; `Predictor.from_model_dir(M, precision='int8')` loads them without any images.
+1. the export: `export_int8(model_dir, calibration_dir)` (CLI: `gluonseg quantize --model-dir M
+   --calibration DIR [--num N]`) writes `model-int8-symbol.json`, `model-int8-0000.params` and
+   `model-int8.json` (what it was calibrated on, and the SHA-256 of the FP32 parameters it came from)
+   into the model folder; `load_predictor(M, precision='int8')` (gluonseg.inference.loading) loads them
+   without any images.
    Files made from other parameters (the folder was retrained since) are ignored with a warning.
 2. a folder of images given at load time (`calibration_dir`; the server's GLUONSEG_CALIBRATION_DIR):
    the first N image files in name order (default DEFAULT_CALIBRATION_IMAGES), quantized in the worker
@@ -24,16 +25,14 @@ concatenates BF16 features with FP32 pooled branches, which MXNet's converter ot
 
 Fallback: INT8 and BF16 need MXNet's oneDNN (MKLDNN) backend on a CPU context. Where that is missing,
 or where the converted BF16 graph fails its trial forward pass (MXNet's way of saying "unsupported"),
-the Predictor logs why and runs FP32; `predictor.precision` then says 'fp32'.
+`network_for_precision` logs why and hands back the FP32 network; `predictor.precision` then says 'fp32'.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -44,7 +43,11 @@ import numpy as np
 from mxnet import gluon
 
 from gluonseg.artifacts import ModelArtifact, read_model_dir, versions
+from gluonseg.data.images import load_image
 from gluonseg.errors import ClientError
+from gluonseg.inference.geometry import network_tiles
+from gluonseg.models import load_trained_network
+from gluonseg.util import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +109,6 @@ def calibration_image_paths(folder: Path, limit: int) -> list[Path]:
 
 def calibration_tiles(paths: list[Path], crop_size: int) -> np.ndarray:
     """(N, 3, crop, crop) float32: the tiles the Predictor would feed the network for these images."""
-    from gluonseg.data.images import load_image
-    from gluonseg.inference import network_tiles
-
     tiles: list[np.ndarray] = []
     for path in paths:
         tiles.extend(network_tiles(load_image(path, str(path)), crop_size))
@@ -176,14 +176,6 @@ def to_bfloat16(net: gluon.HybridBlock, height: int, width: int, ctx: mx.Context
 # -- the exported INT8 model
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_int8(artifact: ModelArtifact, ctx: mx.Context) -> gluon.SymbolBlock | None:
     """The exported INT8 network of this model folder, or None when absent or made from other parameters."""
     folder = artifact.folder
@@ -200,7 +192,7 @@ def load_int8(artifact: ModelArtifact, ctx: mx.Context) -> gluon.SymbolBlock | N
     except (OSError, ValueError) as exc:
         log.warning("%s is unreadable (%s); ignoring the INT8 files", record_path, exc)
         return None
-    if record.get("source_sha256") != _sha256(artifact.params_path):
+    if record.get("source_sha256") != file_digest(artifact.params_path, "sha256"):
         log.warning(
             "%s was made from other parameters than %s (retrained since?); ignoring it",
             INT8_SYMBOL,
@@ -217,8 +209,6 @@ def load_int8(artifact: ModelArtifact, ctx: mx.Context) -> gluon.SymbolBlock | N
 
 def _inference_network(artifact: ModelArtifact, ctx: mx.Context) -> gluon.HybridBlock:
     """The model folder's FP32 network without the aux head."""
-    from gluonseg.models import load_trained_network
-
     hp = artifact.hp
     return load_trained_network(
         artifact.params_path, hp.algorithm, hp.backbone, artifact.num_classes, hp.crop_size, hp.base_size,
@@ -253,7 +243,7 @@ def export_int8(model_dir: Path, calibration_dir: Path, num_images: int = DEFAUL
     record = {
         "format": INT8_FORMAT,
         "source_params": artifact.params_path.name,
-        "source_sha256": _sha256(artifact.params_path),
+        "source_sha256": file_digest(artifact.params_path, "sha256"),
         "calibration_dir": str(calibration_dir),
         "calibration_images": [p.name for p in paths],
         "calibration_tiles": int(len(tiles)),
@@ -277,7 +267,7 @@ def export_int8(model_dir: Path, calibration_dir: Path, num_images: int = DEFAUL
     return record
 
 
-# -- what the Predictor calls
+# -- what loading a model folder calls
 
 
 def network_for_precision(
@@ -326,7 +316,7 @@ def network_for_precision(
 
 
 def bfloat16_at_shape(fp32: gluon.HybridBlock, height: int, width: int, ctx: mx.Context) -> gluon.HybridBlock:
-    """A native-scale graph of a BF16 network, converted at its own shape (gluonseg.shape_graphs): MXNet's
+    """A native-scale graph of a BF16 network, converted at its own shape (gluonseg.inference.shape_graphs): MXNet's
     BF16 graphs only run with the parameter types the converter chose for the shape it traced."""
     converted, used = to_bfloat16(fp32, height, width, ctx)
     if used != "bf16":
@@ -340,14 +330,3 @@ def describe_export(model_dir: Path, record: dict[str, Any]) -> str:
         f"wrote {Path(model_dir) / INT8_SYMBOL} and {INT8_PARAMS}: calibrated on {record['calibration_tiles']} "
         f"tiles from {len(record['calibration_images'])} images in {record['seconds']} s"
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m gluonseg.quantization ...` is `gluonseg quantize ...`."""
-    from gluonseg.cli import main as cli_main
-
-    return cli_main(["quantize", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

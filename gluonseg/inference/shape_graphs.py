@@ -23,7 +23,6 @@ import ctypes
 import gc
 import json
 import logging
-import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -33,18 +32,12 @@ from typing import Any
 import mxnet as mx
 from mxnet import gluon
 
+from gluonseg.inference.geometry import MULTIPLE
+
 log = logging.getLogger(__name__)
 
 RESIZE_OP = "_contrib_BilinearResize2D"
-# MXNet keeps oneDNN primitives per op signature (input shapes included) in caches that are unbounded
-# by default: one more set for every new picture shape, for the life of the worker. This bounds each
-# while holding the distinct convolutions of the two graphs kept (28 each for FCN-ResNet-50), so a
-# forward pass does not rebuild its own primitives. MXNet reads the variable once, at the first
-# oneDNN operator of the process: it is set when this module is imported, before any forward pass.
-# An operator's own setting is kept.
-MKLDNN_CACHE_ENTRIES = 64
-os.environ.setdefault("MXNET_MKLDNN_CACHE_NUM", str(MKLDNN_CACHE_ENTRIES))
-MULTIPLE = 8  # the backbone's output stride: the pooled branches must meet the feature map exactly
+# MXNet's oneDNN primitive caches grow with every new shape: gluonseg/inference/__init__.py bounds them.
 
 
 def traced_symbol(net: gluon.HybridBlock) -> mx.sym.Symbol:
