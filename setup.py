@@ -46,6 +46,7 @@ setup(
         "numpy>=1.23,<1.24",
         "pillow",
         "flask",
+        "werkzeug",  # gluonseg.codecs negotiates Accept with it (flask brings it too)
         "gunicorn",
         "protobuf>=4,<5",
         "tqdm",

@@ -31,11 +31,11 @@ def one(name: str, keyword: str) -> str:
 @pytest.mark.parametrize("name,command", [("Dockerfile.serve", "serve"), ("Dockerfile.train", "train")])
 def test_exec_form_entrypoint_dispatches_to_a_real_module(name, command):
     entry = json.loads(one(name, "ENTRYPOINT"))
-    assert entry[-2:] == ["-m", "gluonseg.container"]
+    assert entry[-2:] == ["-m", "gluonseg.cli.container"]
     assert json.loads(one(name, "CMD")) == [command]
     # The dispatcher the entrypoint names exists and knows the command SageMaker passes.
     proc = subprocess.run(
-        [sys.executable, "-m", "gluonseg.container", "bogus"], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "gluonseg.cli.container", "bogus"], capture_output=True, text=True, cwd=REPO
     )
     assert proc.returncode == 2 and "train|serve" in proc.stderr
 

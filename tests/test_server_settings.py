@@ -136,7 +136,7 @@ def test_inference_scale_from_the_environment_reaches_the_predictor(clean_env, t
 
 
 def test_serve_flags_override_the_inference_settings_and_leave_the_decode_bound(clean_env, tmp_path):
-    from gluonseg.cli import _inference_options, build_parser
+    from gluonseg.cli import build_parser, inference_options
     from serve.entry import settings_with
 
     clean_env.delenv("GLUONSEG_MAX_PIXELS", raising=False)
@@ -144,8 +144,8 @@ def test_serve_flags_override_the_inference_settings_and_leave_the_decode_bound(
     args = build_parser().parse_args(
         ["serve", "--model-dir", str(tmp_path), "--scale", "crop", "--max-native-pixels", "5000", "--precision", "bf16"]
     )
-    s = settings_with(base, model_dir=args.model_dir, **_inference_options(args))
+    s = settings_with(base, model_dir=args.model_dir, **inference_options(args))
     assert (s.scale, s.native_max_pixels, s.precision) == ("crop", 5000, "bf16")
     assert s.decode_max_pixels == base.decode_max_pixels  # the decompression-bomb bound is another setting
     unset = build_parser().parse_args(["serve", "--model-dir", str(tmp_path)])
-    assert settings_with(base, **_inference_options(unset)) == base
+    assert settings_with(base, **inference_options(unset)) == base

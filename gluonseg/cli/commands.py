@@ -1,0 +1,185 @@
+"""What each `gluonseg` command does: read its parsed flags, call the modules that do the work, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from gluonseg.errors import ClientError
+
+log = logging.getLogger("gluonseg.cli")
+
+
+def cmd_make_dataset(args: argparse.Namespace) -> int:
+    from gluonseg.data.synthetic import make_dataset
+
+    summary = make_dataset(
+        args.out, classes=args.classes, train=args.train, validation=args.validation, size=args.size, seed=args.seed
+    )
+    print(
+        f"wrote {summary['train']} training and {summary['validation']} validation pairs "
+        f"({summary['classes']} classes) to {args.out}"
+    )
+    return 0
+
+
+def cmd_prepare_voc(args: argparse.Namespace) -> int:
+    from gluonseg.data.voc import prepare_voc
+
+    summary = prepare_voc(args.source, args.out)
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def cmd_hyperparameters(args: argparse.Namespace) -> int:
+    from gluonseg.hyperparameters import markdown_table, text_listing
+
+    print(markdown_table() if args.markdown else text_listing(), end="" if not args.markdown else "\n")
+    return 0
+
+
+def parse_key_values(pairs: list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ClientError(f"'{pair}' is not KEY=VALUE")
+        values[key.strip()] = value
+    return values
+
+
+def hyperparameters_from_args(hyperparameters_file: Path | None, overrides: list[str]) -> dict[str, str]:
+    """`--hyperparameters FILE.json` then `KEY=VALUE` overrides, as the strings SageMaker would send."""
+    from gluonseg.environment import read_json_file
+
+    raw: dict[str, str] = {}
+    if hyperparameters_file:
+        data = read_json_file(hyperparameters_file, "hyperparameters file")
+        if not isinstance(data, dict):
+            raise ClientError(f"hyperparameters file {hyperparameters_file} must hold a JSON object")
+        raw.update({k: str(v) for k, v in data.items()})
+    raw.update(parse_key_values(overrides))
+    return raw
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gluonseg.environment import Environment
+    from gluonseg.errors import run_reporting_failures
+    from gluonseg.train_entry import run_training_job, run_until_stopped, train_command
+
+    raw = hyperparameters_from_args(args.hyperparameters, args.overrides)
+    args.model_dir.mkdir(parents=True, exist_ok=True)
+    if args.hosts > 1:
+        from gluonseg.training.distributed.local import run_local_cluster
+
+        return run_local_cluster(
+            args.hosts,
+            args.data,
+            args.model_dir,
+            raw,
+            checkpoint_dir=args.checkpoint_dir,
+            output_dir=args.output_dir,
+            distribution=args.distribution,
+            host_command=train_command(),
+        )
+    output = args.output_dir or args.model_dir / "output"
+    env = Environment(
+        base_dir=args.model_dir / ".job",
+        data_dir_override=args.data,
+        model_dir_override=args.model_dir,
+        output_dir_override=output,
+        checkpoint_dir_override=args.checkpoint_dir or args.model_dir / "checkpoints",
+    )
+    env.config_dir.mkdir(parents=True, exist_ok=True)
+    env.hyperparameters_path.write_text(json.dumps(raw))
+    outcome = {"code": 0}
+
+    def job() -> None:
+        outcome["code"] = run_until_stopped(lambda: run_training_job(env))
+
+    return run_reporting_failures(job, lambda: env.failure_path) or outcome["code"]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serve.entry import run, settings_with
+    from serve.settings import ServerSettings
+
+    settings = settings_with(
+        ServerSettings.from_env(),
+        model_dir=args.model_dir,
+        port=args.port,
+        workers=args.workers,
+        proxy=False if args.no_proxy else None,
+        **inference_options(args),
+    )
+    if not (settings.model_dir / "hyperparams.json").exists():
+        raise ClientError(f"--model-dir {settings.model_dir} is not a model folder (no hyperparams.json)")
+    return run(settings, host=args.host)
+
+
+def cmd_transform(args: argparse.Namespace) -> int:
+    from serve.batch import transform_folder
+
+    results = transform_folder(
+        args.model_dir,
+        args.input,
+        args.output,
+        accept=args.accept,
+        content_type=args.content_type,
+        jobs=args.jobs,
+        **inference_options(args),
+    )
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} of {len(results)} file(s) transformed into {args.output}")
+    for r in failed:
+        print(f"FAILED {r.source}: {r.reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from gluonseg.evaluate import evaluate_folder, format_report
+
+    report = evaluate_folder(
+        args.model_dir, args.images, args.masks, label_map_file=args.label_map, out=args.out, **inference_options(args)
+    )
+    print(format_report(report))
+    if args.out:
+        print(f"wrote {args.out / 'report.json'} and {args.out / 'confusion_matrix.png'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from gluonseg.visualize import predict_files
+
+    results = predict_files(args.model_dir, args.images, args.out, alpha=args.alpha, **inference_options(args))
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} of {len(results)} image(s) predicted into {args.out}")
+    for r in failed:
+        print(f"FAILED {r.source}: {r.reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from gluonseg.inference.precision import describe_export, export_int8
+
+    record = export_int8(args.model_dir, args.calibration, args.num)
+    print(describe_export(args.model_dir, record))
+    return 0
+
+
+def inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The inference flags given, by the names load_predictor, the handler Context and ServerSettings share;
+    an absent flag keeps the default."""
+    if args.native_max_pixels is not None and args.native_max_pixels < 1:
+        raise ClientError(f"--max-native-pixels must be at least 1, got {args.native_max_pixels}")
+    given = {
+        "precision": args.precision,
+        "calibration_dir": args.calibration,
+        "scale": args.scale,
+        "native_max_pixels": args.native_max_pixels,
+    }
+    return {name: value for name, value in given.items() if value is not None}
