@@ -12,7 +12,7 @@ export OMP_NUM_THREADS ?= 2
 export MXNET_ENGINE_TYPE ?= ThreadedEnginePerDevice
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: install test lint demo bench audit clean proto nginx
+.PHONY: install test test-fast lint demo bench audit clean proto nginx
 
 install: $(STAMP) nginx
 
@@ -45,6 +45,9 @@ lint: install
 
 test: install proto lint
 	$(PY) -m pytest -q tests
+
+test-fast: install proto lint
+	$(PY) -m pytest -q tests/unit
 
 demo: install proto
 	$(PY) -m gluonseg.demo --out demo-output

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from gluonseg.util import free_port
 
 GLUONSEG = str(Path(sys.executable).parent / "gluonseg")
 
@@ -43,12 +44,6 @@ def run(*args: str) -> subprocess.CompletedProcess:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"demo failed at: gluonseg {' '.join(args)} (exit {proc.returncode})")
     return proc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 120):

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.e2e_jobs import TINY, job_tree, make_dataset_once, run_train
+from tests.support.e2e_jobs import TINY, job_tree, make_dataset_once, run_train
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from gluonseg.data.label_map import MAX_LABEL_MAP_BYTES, load_label_map
 from gluonseg.environment import MAX_CONFIG_BYTES, MAX_JSON_DEPTH, Environment, read_json_file
 from gluonseg.errors import ClientError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "gluonseg-test-secret-Vb81q0"  # stands for AWS_SECRET_ACCESS_KEY and the like
 CONTENT_MARK = "content-only-marker-5d2e"  # written into files; must not come back in a message
 

@@ -14,9 +14,9 @@ import pytest
 import requests
 from PIL import Image
 
+from benchmarks.common.server import Server
 from gluonseg.codecs import record_pb2
 from gluonseg.palette import voc_palette
-from tests.server_process import Server
 
 PROTOBUF_TYPES = ["application/x-recordio-protobuf", "application/x-protobuf"]
 

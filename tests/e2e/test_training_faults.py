@@ -13,7 +13,7 @@ import time
 import pytest
 
 from gluonseg.training.checkpoint import best_params, find_checkpoint
-from tests.e2e_jobs import REPO, TINY, TRAIN, job_tree, run_train, train_env
+from tests.support.e2e_jobs import REPO, TINY, TRAIN, job_tree, run_train, train_env
 
 
 def start(base) -> subprocess.Popen:

@@ -8,7 +8,7 @@ from gluonseg.environment import Environment
 from gluonseg.errors import ClientError
 from gluonseg.hyperparameters import parse
 from gluonseg.training.setup import optimizer_settings, seed_from_env
-from tests.helpers import make_channels
+from tests.support.helpers import make_channels
 
 BASE = {"num_classes": "3", "num_training_samples": "3"}
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.helpers import make_job, write_mask
+from tests.support.helpers import make_job, write_mask
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GOOD = {"num_classes": 3, "num_training_samples": 3, "use_pretrained_model": "False", "crop_size": 32}
 
 

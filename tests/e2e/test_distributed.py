@@ -26,7 +26,7 @@ from gluonseg.training.distributed import collectives, packing, watchdog
 from gluonseg.training.distributed import spec as cluster_spec
 from gluonseg.training.distributed.local import LocalCluster, build_host_tree, exit_code
 from gluonseg.util import free_port
-from tests.e2e_jobs import REPO, TINY
+from tests.support.e2e_jobs import REPO, TINY
 
 HOSTS2 = ("algo-1", "algo-2")
 
@@ -155,7 +155,7 @@ def test_collectives_are_exact_on_a_real_kvstore():
         )
         for role in ("scheduler", "server", "server")
     ]
-    code = "from tests.test_distributed import collectives_worker; collectives_worker()"
+    code = "from tests.e2e.test_distributed import collectives_worker; collectives_worker()"
     for host in HOSTS2:
         env = {**spec.role_environment("worker", "127.0.0.1", base), "TEST_HOST": host}
         procs.append(

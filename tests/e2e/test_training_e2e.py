@@ -17,7 +17,7 @@ from gluoncv.model_zoo import FCN, DeepLabV3, PSPNet
 from gluonseg.artifacts import read_model_dir
 from gluonseg.training.checkpoint import best_params, find_checkpoint
 from gluonseg.training.metrics_log import load_metric_definitions
-from tests.e2e_jobs import TINY, TRAIN, job_tree, run_train, train_env
+from tests.support.e2e_jobs import TINY, TRAIN, job_tree, run_train, train_env
 
 GLUONCV_CLASSES = {"fcn": FCN, "psp": PSPNet, "deeplab": DeepLabV3}
 

@@ -13,7 +13,7 @@ from packaging.version import Version
 
 from tools import dependency_audit as da
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements.lock"
 SNAPSHOT = ROOT / "security" / "pypa-advisories.json"
 SECURITY = ROOT / "SECURITY.md"

@@ -34,11 +34,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
+from benchmarks.common.server import Server
 from gluonseg.codecs.content_types import PNG, check_request_type, choose_accept
 from gluonseg.codecs.decode import decode_image, decode_probabilities
 from gluonseg.errors import RequestError
 from serve.app import status_of as http_status
-from tests.server_process import Server
 
 CLASSES = 4  # the trained_model_dir model
 LIMIT = 6 * 1024 * 1024  # SAGEMAKER_MAX_PAYLOAD_IN_MB default

@@ -17,7 +17,7 @@ from serve.entry import settings_with
 from serve.readiness import Readiness
 from serve.settings import ServerSettings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def settings(tmp_path: Path, **changes) -> ServerSettings:

@@ -23,7 +23,7 @@ from gluonseg.inference.loading import load_predictor
 from serve.app import create_app
 from serve.handler import SegmentationHandler
 from serve.settings import ServerSettings
-from tests.test_inference import CLASSES, CROP, image_of, make_model_dir
+from tests.support.models import CLASSES, CROP, image_of, make_model_dir
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from gluonseg.recordio import encode_record
-from tests.e2e_jobs import REPO, TINY, TRAIN, train_env
+from tests.support.e2e_jobs import REPO, TINY, TRAIN, train_env
 
 
 def pairs(dataset, split):

@@ -24,8 +24,8 @@ from gluonseg.metrics import ConfusionMatrix
 from gluonseg.palette import voc_palette
 from gluonseg.plots import plot_confusion_matrix
 from gluonseg.visualize import blend, overlay
-from tests.e2e_jobs import REPO
-from tests.helpers import write_image
+from tests.support.e2e_jobs import REPO
+from tests.support.helpers import write_image
 
 GLUONSEG = str(Path(sys.executable).parent / "gluonseg")
 

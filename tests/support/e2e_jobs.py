@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN = str(Path(sys.executable).parent / "train")
 
 # Small enough for 2 CPU cores, large enough to run the real ResNet and heads.

@@ -6,7 +6,7 @@ from pathlib import Path
 from gluonseg.docs import current_block, generated_block
 from gluonseg.hyperparameters import SCHEMA
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GLUONSEG = str(Path(sys.executable).parent / "gluonseg")
 
 

@@ -4,7 +4,7 @@ import pytest
 from gluonseg.data.channels import pair_channel, scan_masks
 from gluonseg.data.label_map import LabelMap, parse_label_map
 from gluonseg.errors import ClientError
-from tests.helpers import make_channels, mask_values, write_image, write_mask
+from tests.support.helpers import make_channels, mask_values, write_image, write_mask
 
 
 def test_pairs_by_base_name_nested_and_hidden_files_ignored(tmp_path):

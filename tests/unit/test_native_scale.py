@@ -16,7 +16,7 @@ from gluonseg.inference.geometry import native_canvas_shape, native_size
 from gluonseg.inference.loading import load_predictor
 from gluonseg.inference.predictor import Predictor
 from gluonseg.inference.shape_graphs import respecialise, traced_symbol
-from tests.test_inference import CLASSES, CROP, image_of, make_model_dir, softmax
+from tests.support.models import CLASSES, CROP, image_of, make_model_dir, softmax
 
 STOCK = {"fcn": FCN, "psp": PSPNet, "deeplab": DeepLabV3}
 

@@ -23,7 +23,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.server_process import Server
+from benchmarks.common.server import Server
 
 PING_TIMEOUT_S = 2.0  # SageMaker's per-ping limit
 

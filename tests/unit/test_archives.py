@@ -22,7 +22,7 @@ from gluonseg.artifacts import BEST_PARAMS, HYPERPARAMS_FILE, open_model_source
 from gluonseg.data import voc
 from gluonseg.data.voc import prepare_voc
 from gluonseg.errors import ClientError
-from tests.test_prepare_voc import _build_tree
+from tests.support.voc_tree import build_voc_tree
 
 MODES = ["w", "w:gz"]
 
@@ -328,7 +328,7 @@ def test_model_channel_refuses_a_size_bomb(sandbox):
 
 
 def voc_tar(tmp_path: Path) -> Path:
-    tree = _build_tree(tmp_path / "src")
+    tree = build_voc_tree(tmp_path / "src")
     archive = tmp_path / "VOCtrainval.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(tree.parent, arcname="VOCdevkit")
