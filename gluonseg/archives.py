@@ -57,6 +57,33 @@ def member_refusal(member: tarfile.TarInfo, hard_links: bool = False) -> str | N
     return None
 
 
+class TarBudget:
+    """The bounds tarfile's data filter lacks: how many members and how many bytes an archive may hold,
+    counted from the headers as they go by (before anything is written). `note` ends the message, e.g.
+    ", far more than VOC 2012"."""
+
+    def __init__(self, archive: Path, max_bytes: int, max_members: int, note: str = "") -> None:
+        self.archive, self.max_bytes, self.max_members, self.note = archive, max_bytes, max_members, note
+        self.members = 0
+        self.bytes = 0
+
+    def count(self, member: tarfile.TarInfo) -> None:
+        self.members += 1
+        if self.members > self.max_members:
+            raise ClientError(
+                f"{self.archive}: more than {self.max_members} members (at '{member.name}'){self.note}; "
+                "refusing to extract"
+            )
+
+    def spend(self, member: tarfile.TarInfo, size: int) -> None:
+        self.bytes += size
+        if self.bytes > self.max_bytes:
+            raise ClientError(
+                f"{self.archive}: members add up to more than {self.max_bytes} bytes (at '{member.name}', "
+                f"{size} bytes){self.note}; refusing to extract"
+            )
+
+
 def _check_member(member: tarfile.TarInfo, archive: Path) -> PurePosixPath | None:
     reason = member_refusal(member, hard_links=True)
     if reason:
@@ -98,28 +125,20 @@ def safe_extract(
     Every member is checked before `dest` is created, so a refused archive writes nothing.
     """
     written: list[Path] = []
-    total = 0
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = []
             files: set[PurePosixPath] = set()
             folders: set[PurePosixPath] = set()
             regular: dict[PurePosixPath, int] = {}  # file members so far -> size, for hard links
-            for count, member in enumerate(tar, start=1):
-                if count > max_members:
-                    raise ClientError(
-                        f"{archive}: more than {max_members} members (at '{member.name}'); refusing to extract"
-                    )
+            budget = TarBudget(archive, max_bytes, max_members)
+            for member in tar:
+                budget.count(member)
                 rel = _check_member(member, archive)
                 link_to = _link_target(member, archive, regular) if member.islnk() else None
                 # A link counts its file's size again: where links are refused it is written as a copy.
                 size = regular[link_to] if link_to is not None else max(member.size, 0)
-                total += size
-                if total > max_bytes:
-                    raise ClientError(
-                        f"{archive}: members add up to more than {max_bytes} bytes (at '{member.name}', "
-                        f"{size} bytes); refusing to extract"
-                    )
+                budget.spend(member, size)
                 if rel is not None:
                     _check_shape(rel, member.isdir(), files, folders, member.name, archive)
                     members.append((member, rel, link_to))

@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from gluonseg.archives import member_refusal
+from gluonseg.archives import TarBudget, member_refusal
 from gluonseg.data.label_map import LABEL_MAP_FILES
 from gluonseg.errors import ClientError, list_with_limit
 
@@ -135,24 +135,15 @@ class _TarSource:
         self.members: dict[str, tarfile.TarInfo] = {}
         self.lists: dict[str, bytes] = {}
         roots: set[tuple[str, ...]] = set()
-        total = 0
+        budget = TarBudget(path, MAX_TAR_BYTES, MAX_TAR_MEMBERS, note=", far more than VOC 2012")
         try:
             # One pass over the headers; list files are read as they go by, so a compressed tar is not rewound.
-            for count, member in enumerate(self.tar, start=1):
+            for member in self.tar:
                 reason = member_refusal(member)
                 if reason:
                     raise ClientError(f"{path}: refusing tar member {member.name!r}: it {reason}")
-                total += member.size
-                if total > MAX_TAR_BYTES:
-                    raise ClientError(
-                        f"{path}: refusing tar member {member.name!r} ({member.size} bytes): the members add up to "
-                        f"more than {MAX_TAR_BYTES} bytes, far more than VOC 2012"
-                    )
-                if count > MAX_TAR_MEMBERS:
-                    raise ClientError(
-                        f"{path}: refusing tar member {member.name!r}: more than {MAX_TAR_MEMBERS} members, "
-                        "far more than VOC 2012"
-                    )
+                budget.spend(member, member.size)
+                budget.count(member)
                 parts = PurePosixPath(member.name).parts
                 parts = parts[1:] if parts[:1] == (".",) else parts
                 name = "/".join(parts)
