@@ -12,7 +12,7 @@ ignores the incoming gradient, so `aux_weight` scales the printed loss but not t
 gradient (both heads train with weight 1), and its gradient is divided by the labelled-pixel count
 of the whole device batch before `trainer.step(N)` divides by N again. Here autograd differentiates
 the value we report, so the gradient wrt logits is (softmax - onehot) * weight / valid_count_n / N.
-tests/test_loss.py checks both claims numerically.
+tests/unit/test_loss.py checks both claims numerically.
 """
 
 from __future__ import annotations
