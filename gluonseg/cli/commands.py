@@ -133,8 +133,13 @@ def cmd_transform(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         **inference_options(args),
     )
+    return _report_files(results, "file(s) transformed", args.output)
+
+
+def _report_files(results: list[Any], done: str, into: Path) -> int:
+    """One line for the count, one per failed file (stderr); exit 1 if any failed."""
     failed = [r for r in results if not r.ok]
-    print(f"{len(results) - len(failed)} of {len(results)} file(s) transformed into {args.output}")
+    print(f"{len(results) - len(failed)} of {len(results)} {done} into {into}")
     for r in failed:
         print(f"FAILED {r.source}: {r.reason}", file=sys.stderr)
     return 1 if failed else 0
@@ -156,11 +161,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from gluonseg.visualize import predict_files
 
     results = predict_files(args.model_dir, args.images, args.out, alpha=args.alpha, **inference_options(args))
-    failed = [r for r in results if not r.ok]
-    print(f"{len(results) - len(failed)} of {len(results)} image(s) predicted into {args.out}")
-    for r in failed:
-        print(f"FAILED {r.source}: {r.reason}", file=sys.stderr)
-    return 1 if failed else 0
+    return _report_files(results, "image(s) predicted", args.out)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
