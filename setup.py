@@ -52,6 +52,12 @@ setup(
         "tqdm",
         "matplotlib",
     ],
+    # The ONNX export and serving backends (gluonseg.inference.onnx_*); requirements.lock has them. The GPU
+    # serving image puts onnxruntime-gpu in place of onnxruntime, hence extras and not requirements.
+    extras_require={
+        "onnx": ["onnx>=1.14,<1.19", "onnxruntime>=1.16"],
+        "openvino": ["openvino>=2024.0"],
+    },
     entry_points={
         "console_scripts": [
             "train=gluonseg.train_entry:main",

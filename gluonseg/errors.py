@@ -43,6 +43,19 @@ class AlgorithmError(GluonsegError):
     prefix = "AlgorithmError"
 
 
+def error_summary(exc: BaseException, limit: int = 200) -> str:
+    """The one line of an exception that says what went wrong, at most `limit` characters.
+
+    MXNet's errors carry a C++ stack: "Traceback (most recent call last):", frames, then
+    "MXNetError: <the reason>" last. Others say it on their first line.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    return line.removeprefix("MXNetError: ")[:limit]
+
+
 def list_with_limit(items: list[str], limit: int = 20) -> str:
     """Name the first `limit` items, then say how many more there are."""
     shown = ", ".join(items[:limit])

@@ -138,7 +138,7 @@ def evaluate_folder(
 
     With `out`, writes OUT/report.json and OUT/confusion_matrix.png. `progress`: True for a tqdm bar,
     False for log lines, None to decide by whether stderr is a terminal. Bad data raises ClientError
-    naming the files, before the model is loaded. `inference`: load_predictor's precision,
+    naming the files, before the model is loaded. `inference`: load_predictor's backend, precision,
     calibration_dir, scale, native_max_pixels.
     """
     import json

@@ -23,7 +23,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from gluonseg import pretrained
-from gluonseg.errors import ClientError
+from gluonseg.errors import ClientError, error_summary
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def load_trained_network(
     try:
         arrays = mx.nd.load(str(params_file))
     except mx.base.MXNetError as exc:
-        reason = str(exc).strip().splitlines()[0][:200]
+        reason = error_summary(exc)
         raise ClientError(f"{params_file}: not an MXNet parameter file ({reason})") from None
     if not isinstance(arrays, dict):
         raise ClientError(f"{params_file}: not a Gluon parameter file (it holds an unnamed list of arrays)")

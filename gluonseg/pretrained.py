@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from gluonseg.errors import ClientError
+from gluonseg.errors import ClientError, error_summary
 from gluonseg.util import file_digest
 
 log = logging.getLogger(__name__)
@@ -152,9 +152,8 @@ def load_backbone(name: str, ctx=None, **backbone_kwargs):
     try:
         net.load_parameters(str(path), ctx=ctx if ctx is not None else mx.cpu())
     except (AssertionError, ValueError, mx.base.MXNetError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClientError(
-            f"{path} does not hold {name} weights: {first_line[:300]}. Replace it with GluonCV's "
+            f"{path} does not hold {name} weights: {error_summary(exc, 300)}. Replace it with GluonCV's "
             f"{cache_file_name(name)}, or set use_pretrained_model=False."
         ) from None
     return net

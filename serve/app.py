@@ -89,6 +89,7 @@ def create_app(settings: ServerSettings | None = None, handler: SegmentationHand
         settings.model_dir,
         default_accept=settings.default_accept,
         decode_max_pixels=settings.decode_max_pixels,
+        backend=settings.backend,
         precision=settings.precision,
         calibration_dir=settings.calibration_dir,
         scale=settings.scale,

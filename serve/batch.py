@@ -84,7 +84,7 @@ def transform_folder(
     progress: bool | None = None,
     **inference: Any,
 ) -> list[TransformResult]:
-    """`inference`: the handler Context's precision, calibration_dir, scale, native_max_pixels."""
+    """`inference`: the handler Context's backend, precision, calibration_dir, scale, native_max_pixels."""
     if not input_dir.is_dir():
         raise ClientError(f"--input {input_dir} is not a folder")
     files = list(input_files(input_dir))

@@ -209,7 +209,7 @@ def settings_with(
 ) -> ServerSettings:
     """CLI overrides (`gluonseg serve --model-dir M --port P --workers N [--no-proxy] [--precision ..] ..`).
 
-    `inference`: ServerSettings fields (precision, calibration_dir, scale, native_max_pixels) to override.
+    `inference`: ServerSettings fields (backend, precision, calibration_dir, scale, native_max_pixels) to override.
     """
     changes: dict[str, Any] = dict(inference)
     if model_dir is not None:

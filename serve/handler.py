@@ -28,6 +28,7 @@ class Context:
     model_dir: Path
     default_accept: str = PNG
     decode_max_pixels: int = DEFAULT_DECODE_MAX_PIXELS  # the decode bound: larger images are refused
+    backend: str = "mxnet"  # what runs the network (gluonseg.inference.loading.BACKENDS)
     precision: str = "fp32"  # the network's precision, and where INT8 calibration images are
     calibration_dir: Path | None = None
     scale: str = "native"  # gluonseg.inference.geometry: the image at its own size, or short side = crop_size
@@ -68,6 +69,7 @@ class SegmentationHandler:
         self.context = context
         self.predictor = load_predictor(
             Path(context.system_properties["model_dir"]),
+            backend=context.backend,
             precision=context.precision,
             calibration_dir=context.calibration_dir,
             scale=context.scale,
@@ -76,10 +78,11 @@ class SegmentationHandler:
         self.load_seconds = time.perf_counter() - start
         self.initialized = True
         log.info(
-            "model loaded from %s in %.1f s (%d classes, %s, %s scale)",
+            "model loaded from %s in %.1f s (%d classes, %s %s, %s scale)",
             context.model_dir,
             self.load_seconds,
             self.predictor.num_classes,
+            self.predictor.backend,
             self.predictor.precision,
             self.predictor.scale,
         )

@@ -17,6 +17,7 @@ DEFAULT_TIMEOUT_S = 60
 DEFAULT_MAX_PAYLOAD_MB = 6
 MAX_BATCH_PAYLOAD_MB = 100  # SageMaker's ceiling for MaxPayloadInMB
 PRECISIONS = ("fp32", "int8", "bf16")  # as gluonseg.inference.precision.PRECISIONS
+BACKENDS = ("mxnet", "onnxruntime", "openvino", "auto")  # as gluonseg.inference.loading.BACKENDS
 # The nginx front (serve/nginx.conf.template). Timeouts in seconds; README "Serving stack" says why each.
 DEFAULT_QUEUE_PER_WORKER = 4  # waiting requests per worker: ~4 requests' time stays well inside 60 s
 DEFAULT_CLIENT_HEADER_TIMEOUT_S = 10  # the whole header
@@ -69,6 +70,13 @@ def _precision(value: str | None) -> str:
     return precision
 
 
+def _backend(value: str | None) -> str:
+    backend = (value or BACKENDS[0]).strip().lower()
+    if backend not in BACKENDS:
+        raise ClientError(f"GLUONSEG_BACKEND must be one of {', '.join(BACKENDS)}, got {value!r}")
+    return backend
+
+
 def _scale(value: str | None) -> str:
     scale = (value or SCALES[0]).strip().lower()
     if scale not in SCALES:
@@ -87,6 +95,7 @@ class ServerSettings:
     max_payload_mb: int = DEFAULT_MAX_PAYLOAD_MB
     decode_max_pixels: int = DEFAULT_DECODE_MAX_PIXELS  # GLUONSEG_MAX_PIXELS: larger images are refused
     batch: bool = False
+    backend: str = "mxnet"  # GLUONSEG_BACKEND: mxnet | onnxruntime | openvino | auto (gluonseg.inference.loading)
     precision: str = "fp32"  # GLUONSEG_PRECISION: fp32 | int8 | bf16 (gluonseg.inference.precision)
     calibration_dir: Path | None = None  # GLUONSEG_CALIBRATION_DIR: images to calibrate INT8 at load
     scale: str = SCALES[0]  # GLUONSEG_INFERENCE_SCALE: native | crop (gluonseg.inference.geometry)
@@ -141,6 +150,7 @@ class ServerSettings:
             max_payload_mb=min(payload, MAX_BATCH_PAYLOAD_MB),
             decode_max_pixels=_int(_env("GLUONSEG_MAX_PIXELS"), "GLUONSEG_MAX_PIXELS", DEFAULT_DECODE_MAX_PIXELS),
             batch=batch,
+            backend=_backend(_env("GLUONSEG_BACKEND")),
             precision=_precision(_env("GLUONSEG_PRECISION")),
             calibration_dir=Path(calibration) if (calibration := _env("GLUONSEG_CALIBRATION_DIR")) else None,
             scale=_scale(_env("GLUONSEG_INFERENCE_SCALE")),

@@ -22,3 +22,21 @@ def trained_model_dir(tmp_path_factory, generated_dataset):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     shutil.rmtree(base / "checkpoints", ignore_errors=True)  # 300 MB we do not need
     return base / "model"
+
+
+@pytest.fixture(scope="session")
+def trained_algorithm_dir(tmp_path_factory, generated_dataset, trained_model_dir):
+    """`get(algorithm)`: a model folder like trained_model_dir's for 'fcn', 'psp' or 'deeplab', trained on first use."""
+    made = {"fcn": trained_model_dir}
+
+    def get(algorithm: str):
+        if algorithm not in made:
+            hp = {**TINY, "epochs": 1, "algorithm": algorithm}
+            base = job_tree(tmp_path_factory.mktemp(f"trained-{algorithm}"), generated_dataset, hp)
+            proc = run_train(base)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            shutil.rmtree(base / "checkpoints", ignore_errors=True)
+            made[algorithm] = base / "model"
+        return made[algorithm]
+
+    return get

@@ -172,12 +172,31 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "symbol":
+        from gluonseg.artifacts import SYMBOL_FILE, SYMBOL_PARAMS, export_symbol, read_model_dir
+
+        if args.height is not None or args.width is not None:
+            raise ClientError("--height/--width apply to --format onnx only")
+        artifact = read_model_dir(args.model_dir)
+        args.out.mkdir(parents=True, exist_ok=True)
+        export_symbol(args.out, artifact.hp, artifact.params_path)
+        print(f"wrote {args.out / SYMBOL_FILE} and {args.out / SYMBOL_PARAMS}")
+        return 0
+    from gluonseg.inference.onnx_export import ONNX_FILE, RECORD_FILE, describe_record, export_onnx
+
+    record = export_onnx(args.model_dir, args.out, args.height, args.width, args.opset, args.check_images)
+    print(f"wrote {args.out / ONNX_FILE} and {args.out / RECORD_FILE}: {describe_record(record)}")
+    return 0
+
+
 def inference_options(args: argparse.Namespace) -> dict[str, Any]:
     """The inference flags given, by the names load_predictor, the handler Context and ServerSettings share;
     an absent flag keeps the default."""
     if args.native_max_pixels is not None and args.native_max_pixels < 1:
         raise ClientError(f"--max-native-pixels must be at least 1, got {args.native_max_pixels}")
     given = {
+        "backend": args.backend,
         "precision": args.precision,
         "calibration_dir": args.calibration,
         "scale": args.scale,

@@ -1,4 +1,4 @@
-"""A Predictor from a model folder (gluonseg.artifacts format): the files read, the precision's network picked."""
+"""A Predictor from a model folder (gluonseg.artifacts format): the files read, the backend's network built."""
 
 from __future__ import annotations
 
@@ -8,12 +8,21 @@ from pathlib import Path
 import mxnet as mx
 from mxnet import gluon
 
-from gluonseg.artifacts import read_model_dir
+from gluonseg.artifacts import ModelArtifact, read_model_dir
+from gluonseg.errors import ClientError
 from gluonseg.inference.geometry import DEFAULT_SCALE, NATIVE_MAX_PIXELS
-from gluonseg.inference.precision import DEFAULT_CALIBRATION_IMAGES, bfloat16_at_shape, network_for_precision
-from gluonseg.inference.predictor import Predictor, ShapeConverter
+from gluonseg.inference.network import MXNetNetwork, Network, ShapeConverter
+from gluonseg.inference.precision import (
+    DEFAULT_CALIBRATION_IMAGES,
+    bfloat16_at_shape,
+    check_precision,
+    network_for_precision,
+)
+from gluonseg.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
+
+BACKENDS = ("mxnet", "onnxruntime", "openvino", "auto")
 
 
 def load_predictor(
@@ -24,48 +33,94 @@ def load_predictor(
     calibration_images: int | None = None,
     scale: str = DEFAULT_SCALE,
     native_max_pixels: int = NATIVE_MAX_PIXELS,
+    backend: str = "mxnet",
 ) -> Predictor:
     """Load a model folder; the aux head in the file is dropped.
 
     scale: 'native' or 'crop' (gluonseg.inference.geometry); native_max_pixels bounds the native scale.
 
-    precision: 'fp32' (default), 'int8' or 'bf16' (oneDNN, CPU); see gluonseg.inference.precision for where
-    INT8 comes from (the exported model-int8-* files, else calibration on `calibration_dir`'s images)
-    and when a precision falls back to fp32. `predictor.precision` says what was used.
+    backend: 'mxnet' (the reference), 'onnxruntime' or 'openvino' (the model folder's ONNX export,
+    made and cached on first use: gluonseg.inference.onnx_cache), or 'auto' (measured and chosen at load:
+    gluonseg.inference.backend_choice; `precision` is then chosen too).
+
+    precision: 'fp32' (default), 'int8' or 'bf16'. With mxnet: oneDNN on the CPU; see
+    gluonseg.inference.precision for where INT8 comes from (the exported model-int8-* files, else
+    calibration on `calibration_dir`'s images) and when a precision falls back to fp32. OpenVINO runs fp32
+    and bf16, ONNX Runtime fp32. `predictor.backend` and `predictor.precision` say what was used.
     """
+    backend = check_backend(backend)
     artifact = read_model_dir(Path(folder))
     hp = artifact.hp
     ctx = ctx or mx.cpu()
-    net, used = network_for_precision(
-        artifact,
-        precision,
-        ctx,
-        calibration_dir=calibration_dir,
-        calibration_images=calibration_images or DEFAULT_CALIBRATION_IMAGES,
-    )
+
+    def make(backend: str, precision: str) -> Network:
+        return make_network(artifact, backend, precision, ctx, calibration_dir, calibration_images)
+
+    if backend == "auto":
+        from gluonseg.inference.backend_choice import choose_network
+
+        network = choose_network(artifact, make, calibration_dir)
+    else:
+        network = make(backend, precision)
     log.info(
-        "loaded %s (%s on %s, %d classes, crop %d, %s, %s scale)",
+        "loaded %s (%s on %s, %d classes, crop %d, %s %s, %s scale)",
         artifact.params_path,
         hp.algorithm,
         hp.backbone,
         artifact.num_classes,
         hp.crop_size,
-        used,
+        network.backend,
+        network.precision,
         scale,
     )
     return Predictor(
-        net,
+        network,
         artifact.num_classes,
         hp.crop_size,
-        ctx,
         artifact.class_names,
         artifact.meta.get("palette"),
         hp.algorithm,
-        precision=used,
         scale=scale,
         native_max_pixels=native_max_pixels,
-        shape_converter=_bfloat16_converter(ctx) if used == "bf16" else None,
     )
+
+
+def check_backend(value: str, name: str = "backend") -> str:
+    """One of BACKENDS (case and spaces ignored), else a ClientError naming `name`."""
+    backend = str(value).strip().lower()
+    if backend not in BACKENDS:
+        raise ClientError(f"{name} must be one of {', '.join(BACKENDS)}, got {value!r}")
+    return backend
+
+
+def make_network(
+    artifact: ModelArtifact,
+    backend: str,
+    precision: str,
+    ctx: mx.Context,
+    calibration_dir: Path | None = None,
+    calibration_images: int | None = None,
+) -> Network:
+    """The model folder's network on one backend at one precision (see load_predictor)."""
+    precision = check_precision(precision)
+    if backend == "mxnet":
+        net, used = network_for_precision(
+            artifact,
+            precision,
+            ctx,
+            calibration_dir=calibration_dir,
+            calibration_images=calibration_images or DEFAULT_CALIBRATION_IMAGES,
+        )
+        converter = _bfloat16_converter(ctx) if used == "bf16" else None
+        return MXNetNetwork(net, artifact.hp.crop_size, ctx, used, converter)
+    from gluonseg.inference.onnx_backends import OnnxRuntimeNetwork, OpenVinoNetwork, check_backend_precision
+    from gluonseg.inference.onnx_cache import exported_model
+
+    check_backend_precision(backend, precision)  # before the export, which takes a while
+    path = exported_model(artifact)
+    if backend == "onnxruntime":
+        return OnnxRuntimeNetwork(path)
+    return OpenVinoNetwork(path, precision)
 
 
 def _bfloat16_converter(ctx: mx.Context) -> ShapeConverter:

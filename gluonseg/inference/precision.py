@@ -44,10 +44,10 @@ from mxnet import gluon
 
 from gluonseg.artifacts import ModelArtifact, read_model_dir, versions
 from gluonseg.data.images import load_image
-from gluonseg.errors import ClientError
+from gluonseg.errors import ClientError, error_summary
 from gluonseg.inference.geometry import network_tiles
 from gluonseg.models import load_trained_network
-from gluonseg.util import file_digest
+from gluonseg.util import cpu_flags, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +79,6 @@ def unsupported_reason(ctx: mx.Context) -> str | None:
     if not mx.runtime.Features().is_enabled("MKLDNN"):
         return "this MXNet build has no oneDNN (MKLDNN) backend"
     return None
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 # -- calibration data
@@ -150,7 +140,7 @@ def to_bfloat16(net: gluon.HybridBlock, height: int, width: int, ctx: mx.Context
     from mxnet.contrib import amp
     from mxnet.contrib.amp.lists import symbol_bf16
 
-    if "avx512_bf16" not in _cpu_flags() and "amx_bf16" not in _cpu_flags():
+    if "avx512_bf16" not in cpu_flags() and "amx_bf16" not in cpu_flags():
         log.warning("this CPU has no native BF16 instructions: oneDNN emulates them, usually slower than FP32")
     zeros = mx.nd.zeros((1, 3, height, width), ctx=ctx)
     try:
@@ -167,7 +157,7 @@ def to_bfloat16(net: gluon.HybridBlock, height: int, width: int, ctx: mx.Context
             )
         _first_output(converted(zeros)).wait_to_read()  # MXNet reports an unsupported op or CPU here
     except (mx.base.MXNetError, RuntimeError, AssertionError, ValueError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        reason = error_summary(exc, 300)
         log.warning("BF16 inference is not supported here (%s); running FP32", reason)
         return net, "fp32"
     return converted, "bf16"
@@ -204,7 +194,7 @@ def load_int8(artifact: ModelArtifact, ctx: mx.Context) -> gluon.SymbolBlock | N
             warnings.simplefilter("ignore")
             return gluon.SymbolBlock.imports(str(symbol), ["data"], str(params), ctx=ctx)
     except mx.base.MXNetError as exc:
-        raise ClientError(f"{symbol}: cannot load the INT8 model ({str(exc).strip().splitlines()[0][:200]})") from None
+        raise ClientError(f"{symbol}: cannot load the INT8 model ({error_summary(exc)})") from None
 
 
 def _inference_network(artifact: ModelArtifact, ctx: mx.Context) -> gluon.HybridBlock:

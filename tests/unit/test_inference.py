@@ -141,13 +141,13 @@ def test_crop_scale_traces_one_graph_for_requests_of_any_size(fcn_dir, monkeypat
     monkeypatch.setattr(FCN, "hybrid_forward", counting_hybrid_forward)
     monkeypatch.setattr(gluon.HybridBlock, "_call_cached_op", recording_call_cached_op)
     predictor = load_predictor(fcn_dir, scale="crop")
-    cached_op = predictor.net._cached_op
+    cached_op = predictor.network.net._cached_op
     assert cached_op is not None  # compiled at load time, before any request
     for size in [(64, 64), (65, 97), (150, 200), (1, 1), (3, 300), (64, 64)]:
         predictor.predict(image_of(*size), want_probabilities=size[0] % 2 == 0)
-    assert builds == [predictor.net]
-    assert traces == [predictor.net]
-    assert predictor.net._cached_op is cached_op
+    assert builds == [predictor.network.net]
+    assert traces == [predictor.network.net]
+    assert predictor.network.net._cached_op is cached_op
     # The compiled graph only ever sees its one input shape (several tiles for the larger images).
     assert len(shapes) > 7 and set(shapes) == {((1, 3, CROP, CROP),)}
 

@@ -1,0 +1,158 @@
+"""`backend=auto`: measure the backends this machine has on the model, keep the faithful ones, take the fastest.
+
+At load, each candidate (backend x precision) is built and
+1. checked: its masks on the check pictures (GLUONSEG_CALIBRATION_DIR's images when given, else the
+   generated pictures export uses) must equal MXNet FP32's on at least MIN_AGREEMENT of the pixels;
+2. timed: one warm-up call, then the median of TIMED_RUNS calls on a crop_size x crop_size input (the
+   size the model was trained at), with the threads the worker has.
+The fastest faithful candidate is kept (MXNet FP32, the reference, always qualifies). The measurements
+and the choice are logged and written to backend-choice.json beside the ONNX export (the model folder,
+or the cache of gluonseg.inference.onnx_cache), keyed by the CPU's model and flags, the thread count,
+the parameters' SHA-256 and the library versions: a later load on the same kind of machine reuses the
+choice without measuring, and any change of key measures again.
+
+Candidates: MXNet FP32; MXNet INT8 when the model folder has `gluonseg quantize`'s files (no calibration
+at load); MXNet BF16 and OpenVINO BF16 when the CPU has BF16 instructions; ONNX Runtime FP32; OpenVINO
+FP32. A candidate that fails to build is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gluonseg.artifacts import ModelArtifact
+from gluonseg.errors import GluonsegError, error_summary
+from gluonseg.inference.geometry import native_canvas
+from gluonseg.inference.network import Network
+from gluonseg.inference.onnx_backends import threads
+from gluonseg.inference.onnx_cache import exported_model
+from gluonseg.inference.onnx_export import CHECK_MAX_PIXELS, check_pictures
+from gluonseg.inference.precision import INT8_SYMBOL
+from gluonseg.util import cpu_flags, cpu_model, file_digest
+
+log = logging.getLogger(__name__)
+
+CHOICE_FILE = "backend-choice.json"
+MIN_AGREEMENT = 0.995
+TIMED_RUNS = 3
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def candidates(artifact: ModelArtifact, flags: set[str]) -> list[tuple[str, str]]:
+    """(backend, precision) pairs worth measuring on this machine, the reference first."""
+    bf16 = any(flag in flags for flag in BF16_FLAGS)
+    found = [("mxnet", "fp32")]
+    if (artifact.folder / INT8_SYMBOL).exists():
+        found.append(("mxnet", "int8"))
+    if bf16:
+        found.append(("mxnet", "bf16"))
+    found += [("onnxruntime", "fp32"), ("openvino", "fp32")]
+    if bf16:
+        found.append(("openvino", "bf16"))
+    return found
+
+
+def choice_key(artifact: ModelArtifact) -> dict[str, Any]:
+    """What a measured choice depends on: the machine, the parameters and the libraries."""
+    import mxnet
+    import onnxruntime
+    import openvino
+
+    return {
+        "cpu": cpu_model(),
+        "flags": sorted(cpu_flags()),
+        "threads": threads(),
+        "params_sha256": file_digest(artifact.params_path),
+        "versions": {lib.__name__: lib.__version__ for lib in (mxnet, onnxruntime, openvino)},
+    }
+
+
+def choose_network(
+    artifact: ModelArtifact,
+    make: Callable[[str, str], Network],
+    calibration_dir: Path | None = None,
+) -> Network:
+    """The fastest faithful network for this model on this machine (see the module docstring)."""
+    key = choice_key(artifact)
+    record_path = exported_model(artifact).parent / CHOICE_FILE
+    cached = _read(record_path)
+    if cached is not None and cached.get("key") == key:
+        backend, precision = cached["choice"]
+        log.info("backend auto: %s %s (measured before on this machine: %s)", backend, precision, record_path)
+        return make(backend, precision)
+
+    start = time.perf_counter()
+    pictures = check_pictures(calibration_dir, artifact.num_classes)
+    canvases = [native_canvas(picture, CHECK_MAX_PIXELS)[0] for _, picture in pictures]
+    crop = artifact.hp.crop_size
+    timing_input = np.zeros((3, crop, crop), dtype=np.float32)
+    reference_masks: list[np.ndarray] = []
+    rows: list[dict[str, Any]] = []
+    best: tuple[float, Network] | None = None
+    for backend, precision in candidates(artifact, cpu_flags()):
+        try:
+            network = make(backend, precision)
+        except (GluonsegError, RuntimeError, ValueError, OSError) as exc:
+            log.warning("backend auto: %s %s unavailable (%s)", backend, precision, error_summary(exc))
+            continue
+        if (network.backend, network.precision) != (backend, precision):  # fell back (e.g. no oneDNN BF16 here)
+            del network
+            continue
+        masks = [network.logits(c).argmax(axis=0) for c in canvases]
+        if not reference_masks:
+            reference_masks = masks
+        agreement = sum(int((a == b).sum()) for a, b in zip(masks, reference_masks)) / sum(m.size for m in masks)
+        seconds = _median_seconds(network, timing_input)
+        rows.append({"backend": backend, "precision": precision, "seconds": seconds, "agreement": agreement})
+        if agreement >= MIN_AGREEMENT and (best is None or seconds < best[0]):
+            best = (seconds, network)  # kept: building it again would double the load time
+        del network
+        gc.collect()
+    assert best is not None, "MXNet FP32, the reference, always qualifies"
+    chosen = best[1]
+    choice = (chosen.backend, chosen.precision)
+    record = {"key": key, "choice": list(choice), "measured": rows, "input": [crop, crop]}
+    record["seconds_to_choose"] = round(time.perf_counter() - start, 1)
+    log.info("backend auto: measured at %dx%d on %s", crop, crop, key["cpu"])
+    for row in rows:
+        log.info(
+            "  %-12s %-5s %8.3f s  %7.3f%% of pixels as MXNet FP32%s",
+            row["backend"],
+            row["precision"],
+            row["seconds"],
+            100 * row["agreement"],
+            "" if row["agreement"] >= MIN_AGREEMENT else f"  (under {MIN_AGREEMENT:.1%}: not used)",
+        )
+    log.info("backend auto: chose %s %s in %.1f s", *choice, record["seconds_to_choose"])
+    try:
+        record_path.write_text(json.dumps(record, indent=1))
+    except OSError as exc:
+        log.warning("backend auto: could not keep the choice in %s (%s)", record_path, exc)
+    return chosen
+
+
+def _median_seconds(network: Network, data: np.ndarray) -> float:
+    network.logits(data)  # warm-up: first-call compilation and allocation are not the steady state
+    times = []
+    for _ in range(TIMED_RUNS):
+        start = time.perf_counter()
+        network.logits(data)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None

@@ -1,0 +1,101 @@
+"""Networks that run the exported model.onnx (gluonseg.inference.onnx_export) outside MXNet.
+
+Both follow gluonseg.inference.network's contract: a normalised (3, H, W) float32 picture in, (C, H, W)
+float32 logits out, H and W multiples of 8, so the Predictor's geometry and post-processing are the same
+for every backend.
+
+- ONNX Runtime: the CUDA provider when onnxruntime-gpu sees a GPU, else the CPU; the provider in use is
+  logged and kept in `provider`. FP32 only.
+- OpenVINO: the CPU plugin, FP32 or BF16 (`INFERENCE_PRECISION_HINT`; BF16 runs on AMX/AVX-512-BF16
+  where the CPU has them, and OpenVINO falls back to FP32 where it has not, which `precision` then says).
+
+Threads: OMP_NUM_THREADS when set (the server gives each worker its share of the cores), else every
+core this process may use. ONNX Runtime sessions may be called from several threads; an OpenVINO
+compiled model is called through one infer request under a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from gluonseg.errors import ClientError
+from gluonseg.inference.onnx_ops import INPUT_NAME
+from gluonseg.util import available_cpus
+
+log = logging.getLogger(__name__)
+
+ONNX_PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
+
+
+def threads() -> int:
+    """Intra-op threads for one process: OMP_NUM_THREADS when set, else the cores it may run on."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return available_cpus()
+
+
+def check_backend_precision(backend: str, precision: str) -> None:
+    """ClientError when `backend` cannot run `precision`."""
+    allowed = ONNX_PRECISIONS[backend]
+    if precision not in allowed:
+        raise ClientError(
+            f"backend {backend} runs precision {', '.join(allowed)}, not {precision} "
+            "(INT8 runs with backend mxnet: `gluonseg quantize`)"
+        )
+
+
+class OnnxRuntimeNetwork:
+    backend = "onnxruntime"
+    precision = "fp32"
+
+    def __init__(self, path: Path, num_threads: int | None = None, prefer_gpu: bool = True) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads or threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # its own warnings go to stderr unformatted; errors still raise
+        available = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if prefer_gpu and "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+        self._session = ort.InferenceSession(str(path), options, providers=providers)
+        self.provider = self._session.get_providers()[0]
+        count = options.intra_op_num_threads
+        log.info("ONNX Runtime %s on %s (%d threads): %s", ort.__version__, self.provider, count, path)
+
+    def logits(self, data: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {INPUT_NAME: np.ascontiguousarray(data[None], dtype=np.float32)})[0][0]
+
+
+class OpenVinoNetwork:
+    backend = "openvino"
+
+    def __init__(self, path: Path, precision: str = "fp32", num_threads: int | None = None) -> None:
+        import openvino as ov
+
+        check_backend_precision(self.backend, precision)
+        core = ov.Core()
+        hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+        count = num_threads or threads()
+        config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": count, "PERFORMANCE_HINT": "LATENCY"}
+        self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        used = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # 'bf16' or 'f32'
+        self.precision = "bf16" if used == "bf16" else "fp32"
+        if self.precision != precision:
+            log.warning("OpenVINO runs %s here, not %s (this CPU has no BF16 support)", self.precision, precision)
+        self._request = self._compiled.create_infer_request()
+        self._lock = threading.Lock()
+        log.info("OpenVINO %s on CPU, %s (%d threads): %s", ov.__version__, self.precision, count, path)
+
+    def logits(self, data: np.ndarray) -> np.ndarray:
+        with self._lock:
+            result = self._request.infer({INPUT_NAME: np.ascontiguousarray(data[None], dtype=np.float32)})
+            # Copied out under the lock: the request's output tensor is reused by the next call.
+            return np.array(result[0][0], dtype=np.float32, copy=True)

@@ -1,0 +1,246 @@
+"""ONNX export (FCN, PSP, DeepLabV3) and the ONNX Runtime / OpenVINO backends, on tiny models trained by `train`."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import openvino as ov
+import pytest
+import requests
+from PIL import Image
+
+from benchmarks.common.server import Server
+from gluonseg.codecs.decode import decode_image, decode_probabilities
+from gluonseg.data.transforms import normalize
+from gluonseg.errors import AlgorithmError
+from gluonseg.inference import backend_choice, onnx_export
+from gluonseg.inference.loading import load_predictor
+from gluonseg.inference.onnx_cache import exported_model
+from gluonseg.inference.onnx_export import export_onnx
+
+REPO = Path(__file__).resolve().parents[2]
+GLUONSEG = str(Path(sys.executable).parent / "gluonseg")
+FP32_EQUAL = 0.999  # the issue's floor for FP32 backends, and the export's own
+FP32_PROBABILITY_ATOL = 1e-4
+BF16_EQUAL = 0.97  # OpenVINO BF16 on the tiny trained model (measured 99.3-99.8%); a stated floor, not a target
+
+
+def pictures(dataset: Path, count: int = 4) -> list[np.ndarray]:
+    paths = sorted((dataset / "validation").iterdir())[:count]
+    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+
+
+def jpeg(picture: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(picture).save(out, "JPEG", quality=95)
+    return out.getvalue()
+
+
+def equal_share(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a == b).mean())
+
+
+@pytest.fixture
+def model_copy(trained_model_dir, tmp_path):
+    """The trained FCN folder, copied: exports and choices are written into it."""
+    return Path(shutil.copytree(trained_model_dir, tmp_path / "model"))
+
+
+# -- export
+
+
+@pytest.mark.parametrize("algorithm", ["fcn", "psp", "deeplab"])
+def test_fixed_shape_export_runs_like_mxnet_in_onnx_runtime_and_openvino(
+    algorithm, trained_algorithm_dir, generated_dataset, tmp_path
+):
+    model = trained_algorithm_dir(algorithm)
+    record = export_onnx(model, tmp_path, height=72, width=96)
+    assert record["dynamic"] is False and record["input"]["shape"] == [1, 3, 72, 96]
+    assert record["output"] == {"name": "logits", "shape": [1, 4, 72, 96], "dtype": "float32"}
+    assert record["algorithm"] == algorithm and record["num_classes"] == 4 and record["parity"]["equal_argmax"] >= 0.999
+    assert record["mean"] == [0.485, 0.456, 0.406] and record["std"] == [0.229, 0.224, 0.225]
+    assert json.loads((tmp_path / "model.json").read_text()) == record
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["data"]  # weights are initializers only: runtimes fold constants
+
+    mxnet = load_predictor(model)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    compiled = ov.Core().compile_model(str(tmp_path / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for picture in pictures(generated_dataset):
+        picture = np.asarray(Image.fromarray(picture).resize((96, 72), Image.BILINEAR))
+        reference = mxnet.native_logits(picture).argmax(axis=0)  # 96x72: its own canvas, no padding
+        data = normalize(picture)[None].astype(np.float32)
+        assert equal_share(session.run(None, {"data": data})[0][0].argmax(axis=0), reference) >= FP32_EQUAL
+        assert equal_share(compiled(data)[0][0].argmax(axis=0), reference) >= FP32_EQUAL
+    with pytest.raises(Exception):  # noqa: B017, PT011 - a fixed-shape file refuses another size
+        session.run(None, {"data": np.zeros((1, 3, 64, 64), np.float32)})
+
+
+@pytest.mark.parametrize("algorithm", ["fcn", "deeplab", "psp"])
+def test_free_shape_export_answers_two_sizes_like_mxnet(algorithm, trained_algorithm_dir, generated_dataset, tmp_path):
+    model = trained_algorithm_dir(algorithm)
+    proc = subprocess.run(
+        [GLUONSEG, "export", "--model-dir", str(model), "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "wrote" in proc.stdout and "any H x W" in proc.stdout
+    record = json.loads((tmp_path / "model.json").read_text())
+    assert record["dynamic"] is True and record["input"]["shape"] == ["batch", 3, "height", "width"]
+    mxnet = load_predictor(model)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    picture = pictures(generated_dataset, 1)[0]
+    for size in [(64, 80), (120, 88)]:  # neither is the crop (64x64); the second does not divide PSP's bins
+        resized = np.asarray(Image.fromarray(picture).resize(size[::-1], Image.BILINEAR))
+        reference = mxnet.native_logits(resized)
+        ours = session.run(None, {"data": normalize(resized)[None].astype(np.float32)})[0][0]
+        assert ours.shape == reference.shape == (4, *size)
+        assert equal_share(ours.argmax(axis=0), reference.argmax(axis=0)) >= FP32_EQUAL
+        assert np.abs(ours - reference).max() < 1e-3
+
+
+def test_export_of_a_broken_model_folder_is_a_client_error(model_copy, tmp_path):
+    (model_copy / "model_best.params").write_bytes(b"not parameters")
+    out = tmp_path / "out"
+    command = [GLUONSEG, "export", "--model-dir", str(model_copy), "--out", str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "ClientError" in proc.stderr and "model_best.params: not an MXNet parameter file" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Invalid NDArray file format" in proc.stderr
+    assert not (out / "model.onnx").exists()
+    proc = subprocess.run(
+        [GLUONSEG, "export", "--model-dir", str(model_copy), "--out", str(out), "--height", "70", "--width", "64"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "--height must be a positive multiple of 8, got 70" in proc.stderr
+
+
+def test_an_export_that_disagrees_with_mxnet_leaves_no_file(model_copy, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "MIN_EQUAL_ARGMAX", 1.01)  # no export can reach it: the failure path runs
+    with pytest.raises(AlgorithmError, match="disagrees with the MXNet network"):
+        export_onnx(model_copy, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+# -- backends
+
+
+def test_onnx_backends_predict_what_mxnet_predicts(model_copy, generated_dataset, tmp_path):
+    mxnet = load_predictor(model_copy)
+    runs = {
+        ("onnxruntime", "fp32"): load_predictor(model_copy, backend="onnxruntime"),
+        ("openvino", "fp32"): load_predictor(model_copy, backend="openvino"),
+        ("openvino", "bf16"): load_predictor(model_copy, backend="openvino", precision="bf16"),
+    }
+    assert (model_copy / "model.onnx").exists()  # exported on first use, into the writable model folder
+    for (backend, _), predictor in runs.items():
+        assert predictor.backend == backend
+        for picture in pictures(generated_dataset):
+            for scale_picture in (picture, picture[:-3, :-5]):  # off the multiple of 8 too: padded and cropped
+                ours, theirs = predictor.predict(scale_picture, True), mxnet.predict(scale_picture, True)
+                if predictor.precision == "fp32":
+                    assert equal_share(ours.mask, theirs.mask) >= FP32_EQUAL
+                    np.testing.assert_allclose(ours.probabilities, theirs.probabilities, atol=FP32_PROBABILITY_ATOL)
+                else:
+                    assert equal_share(ours.mask, theirs.mask) >= BF16_EQUAL
+    with pytest.raises(Exception, match="backend onnxruntime runs precision fp32, not int8"):
+        load_predictor(model_copy, backend="onnxruntime", precision="int8")
+
+
+def test_a_fixed_shape_export_in_the_model_folder_is_left_alone(model_copy, tmp_path, monkeypatch):
+    from gluonseg.artifacts import read_model_dir
+
+    export_onnx(model_copy, model_copy, height=64, width=64)
+    fixed = (model_copy / "model.onnx").read_bytes()
+    monkeypatch.setenv("GLUONSEG_CACHE_DIR", str(tmp_path / "cache"))
+    path = exported_model(read_model_dir(model_copy))
+    assert path.parent.parent == tmp_path / "cache" / "onnx" and path.exists()
+    assert (model_copy / "model.onnx").read_bytes() == fixed
+    assert exported_model(read_model_dir(model_copy)) == path  # found again, not exported again
+    assert json.loads((path.parent / "model.json").read_text())["dynamic"] is True
+
+
+def test_auto_measures_chooses_keeps_and_reuses_its_choice(model_copy, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="gluonseg")
+    predictor = load_predictor(model_copy, backend="auto")
+    record = json.loads((model_copy / backend_choice.CHOICE_FILE).read_text())
+    rows = {(r["backend"], r["precision"]): r for r in record["measured"]}
+    assert rows["mxnet", "fp32"]["agreement"] == 1.0
+    assert {("onnxruntime", "fp32"), ("openvino", "fp32")} <= set(rows)
+    qualified = [r for r in record["measured"] if r["agreement"] >= backend_choice.MIN_AGREEMENT]
+    fastest = min(qualified, key=lambda r: r["seconds"])
+    assert record["choice"] == [fastest["backend"], fastest["precision"]]
+    assert [predictor.backend, predictor.precision] == record["choice"]
+    assert "backend auto: chose" in caplog.text
+
+    def no_measuring(*args):
+        raise AssertionError("a kept choice must not be measured again")
+
+    monkeypatch.setattr(backend_choice, "_median_seconds", no_measuring)
+    again = load_predictor(model_copy, backend="auto")
+    assert [again.backend, again.precision] == record["choice"]
+
+    record["key"]["threads"] += 1  # another machine shape: measured again
+    (model_copy / backend_choice.CHOICE_FILE).write_text(json.dumps(record))
+    with pytest.raises(AssertionError, match="must not be measured again"):
+        load_predictor(model_copy, backend="auto")
+
+
+# -- the server
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision", "floor"), [("onnxruntime", "fp32", FP32_EQUAL), ("openvino", "bf16", BF16_EQUAL)]
+)
+def test_the_server_answers_with_each_backend_as_with_mxnet(backend, precision, floor, model_copy, generated_dataset):
+    reference = load_predictor(model_copy)
+    server = Server(model_copy, workers=1, GLUONSEG_BACKEND=backend, GLUONSEG_PRECISION=precision).start()
+    try:
+        for picture in pictures(generated_dataset, 3):
+            body = jpeg(picture)
+            expected = reference.predict(decode_image(body, "image/jpeg"), want_probabilities=True)
+            png = requests.post(
+                server.url + "/invocations", data=body, headers={"Content-Type": "image/jpeg"}, timeout=60
+            )
+            assert png.status_code == 200 and png.headers["Content-Type"] == "image/png"
+            mask = np.asarray(Image.open(io.BytesIO(png.content)))
+            assert mask.shape == picture.shape[:2] and equal_share(mask, expected.mask) >= floor
+            if precision == "fp32":
+                answer = requests.post(
+                    server.url + "/invocations",
+                    data=body,
+                    headers={"Content-Type": "image/jpeg", "Accept": "application/x-recordio-protobuf"},
+                    timeout=60,
+                )
+                probabilities = decode_probabilities(answer.content)
+                np.testing.assert_allclose(probabilities, expected.probabilities, atol=FP32_PROBABILITY_ATOL)
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    assert f"{backend} {precision}" in log  # the worker says what it runs
+    assert (model_copy / "model.onnx").exists()  # the model folder needed no extra step: exported at start-up
+
+
+def test_the_readme_onnx_runtime_snippet_reproduces_the_servers_mask(trained_model_dir, generated_dataset, tmp_path):
+    export_onnx(trained_model_dir, tmp_path / "export")
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- onnx-runtime:start -->")[1].split("<!-- onnx-runtime:end -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    reference = load_predictor(trained_model_dir)
+    for index, picture in enumerate(pictures(generated_dataset, 2)):
+        path = tmp_path / f"picture{index}.png"  # lossless, so the snippet and the server see the same pixels
+        Image.fromarray(picture).resize((77, 61), Image.BILINEAR).save(path)  # sides off the multiple of 8
+        namespace = {"EXPORT_DIR": str(tmp_path / "export"), "PICTURE": str(path)}
+        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own snippet, as a user runs it
+        expected = reference.predict_mask(np.asarray(Image.open(path).convert("RGB")))
+        assert namespace["mask"].shape == expected.shape == (61, 77)
+        assert equal_share(namespace["mask"], expected) >= FP32_EQUAL
