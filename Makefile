@@ -5,8 +5,10 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The CUDA training image installs the same lock with mxnet swapped for mxnet-cu112 (same version).
+# The CUDA training image installs the same lock with mxnet swapped for mxnet-cu112 (same version); the GPU
+# serving image swaps onnxruntime for onnxruntime-gpu (same version).
 MXNET_PACKAGE ?= mxnet
+ONNXRUNTIME_PACKAGE ?= onnxruntime
 # Two cores: one OpenMP pool per process, sized to the machine, keeps MXNet from oversubscribing.
 export OMP_NUM_THREADS ?= 2
 export MXNET_ENGINE_TYPE ?= ThreadedEnginePerDevice
@@ -28,7 +30,8 @@ nginx:
 $(STAMP): requirements.lock setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	sed 's/^mxnet==/$(MXNET_PACKAGE)==/' requirements.lock > $(VENV)/requirements.txt
+	sed -e 's/^mxnet==/$(MXNET_PACKAGE)==/' -e 's/^onnxruntime==/$(ONNXRUNTIME_PACKAGE)==/' requirements.lock \
+	  > $(VENV)/requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r $(VENV)/requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	$(PY) -m pip check

@@ -81,3 +81,32 @@ def test_console_scripts_named_by_sagemaker_exist():
         assert (Path(sys.executable).parent / script).exists()
         module, func = target.split(":")
         assert callable(getattr(__import__(module, fromlist=[func]), func))
+
+
+def test_serve_image_has_a_gpu_variant_with_onnxruntime_gpu_of_the_locked_version(tmp_path):
+    text = (REPO / "Dockerfile.serve").read_text()
+    froms = [rest for k, rest in instructions("Dockerfile.serve") if k == "FROM"]
+    assert froms[-1] == "base-${VARIANT}" and "ARG VARIANT=cpu" in text
+    cpu = next(f for f in froms if f.endswith("AS base-cpu"))
+    gpu = next(f for f in froms if f.endswith("AS base-gpu"))
+    assert cpu.startswith("python:3.11-slim") and re.match(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime", gpu)
+    gpu_stage = text.split("AS base-gpu")[1].split("FROM base-")[0]
+    assert "ONNXRUNTIME_PACKAGE=onnxruntime-gpu" in gpu_stage and "GLUONSEG_BACKEND=onnxruntime" in gpu_stage
+    assert "python3.11" in gpu_stage and "nginx" in gpu_stage
+    runs = " ".join(rest for k, rest in instructions("Dockerfile.serve") if k == "RUN")
+    assert "make install PYTHON=python3.11 ONNXRUNTIME_PACKAGE=$ONNXRUNTIME_PACKAGE" in runs
+    # The Makefile's own recipe, run for the GPU package: the lock's onnxruntime pin becomes onnxruntime-gpu's.
+    recipe = subprocess.run(
+        ["make", "-n", "-B", f"VENV={tmp_path}", f"{tmp_path}/.installed", "ONNXRUNTIME_PACKAGE=onnxruntime-gpu"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    ).stdout.replace("\\\n", " ")
+    sed = next(line for line in recipe.splitlines() if line.startswith("sed "))
+    subprocess.run(["bash", "-c", sed], check=True, cwd=REPO)
+    lock = (REPO / "requirements.lock").read_text()
+    version = re.search(r"^onnxruntime==(\S+)$", lock, re.M).group(1)
+    installed = (tmp_path / "requirements.txt").read_text()
+    assert f"onnxruntime-gpu=={version}" in installed.splitlines()
+    assert not re.search(r"^onnxruntime==", installed, re.M)
+    assert re.search(r"^mxnet==", installed, re.M)  # the other swap untouched
