@@ -35,7 +35,15 @@ def versions() -> str:
     import numpy
     import PIL
 
-    return f"mxnet {mxnet.__version__}, numpy {numpy.__version__}, pillow {PIL.__version__}"
+    text = f"mxnet {mxnet.__version__}, numpy {numpy.__version__}, pillow {PIL.__version__}"
+    try:  # the ONNX backends' runtimes, where installed
+        import onnxruntime
+        import openvino
+
+        text += f", onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__.split('-')[0]}"
+    except ImportError:
+        pass
+    return text
 
 
 def write_section(name: str, body: str) -> None:

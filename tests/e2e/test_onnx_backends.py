@@ -244,3 +244,34 @@ def test_the_readme_onnx_runtime_snippet_reproduces_the_servers_mask(trained_mod
         expected = reference.predict_mask(np.asarray(Image.open(path).convert("RGB")))
         assert namespace["mask"].shape == expected.shape == (61, 77)
         assert equal_share(namespace["mask"], expected) >= FP32_EQUAL
+
+
+def test_transform_takes_the_backend_flag_and_answers_like_mxnet(model_copy, generated_dataset, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, picture in enumerate(pictures(generated_dataset, 3)):
+        (images / f"p{index}.jpg").write_bytes(jpeg(picture))
+    command = [GLUONSEG, "transform", "--model-dir", str(model_copy), "--input", str(images), "--output"]
+    proc = subprocess.run([*command, str(tmp_path / "out"), "--backend", "onnxruntime"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reference = load_predictor(model_copy)
+    for path in sorted(images.iterdir()):
+        mask = np.asarray(Image.open(tmp_path / "out" / f"{path.name}.out"))
+        expected = reference.predict_mask(decode_image(path.read_bytes(), "image/jpeg"))
+        assert equal_share(mask, expected) >= FP32_EQUAL
+    proc = subprocess.run([*command, str(tmp_path / "bad"), "--backend", "tensorrt"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "invalid choice: 'tensorrt'" in proc.stderr
+
+
+def test_symbol_export_writes_the_graph_plain_mxnet_loads(trained_model_dir, tmp_path):
+    import mxnet as mx
+
+    proc = subprocess.run(
+        [GLUONSEG, "export", "--model-dir", str(trained_model_dir), "--format", "symbol", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    symbol, params = str(tmp_path / "model-symbol.json"), str(tmp_path / "model-0000.params")
+    net = mx.gluon.SymbolBlock.imports(symbol, ["data"], params)
+    assert net(mx.nd.zeros((1, 3, 64, 64))).shape == (1, 4, 64, 64)
