@@ -143,9 +143,31 @@ def test_serve_flags_override_the_inference_settings_and_leave_the_decode_bound(
     base = ServerSettings.from_env()
     args = build_parser().parse_args(
         ["serve", "--model-dir", str(tmp_path), "--scale", "crop", "--max-native-pixels", "5000", "--precision", "bf16"]
+        + ["--backend", "openvino"]
     )
     s = settings_with(base, model_dir=args.model_dir, **inference_options(args))
-    assert (s.scale, s.native_max_pixels, s.precision) == ("crop", 5000, "bf16")
+    assert (s.scale, s.native_max_pixels, s.precision, s.backend) == ("crop", 5000, "bf16", "openvino")
     assert s.decode_max_pixels == base.decode_max_pixels  # the decompression-bomb bound is another setting
     unset = build_parser().parse_args(["serve", "--model-dir", str(tmp_path)])
     assert settings_with(base, **inference_options(unset)) == base
+
+
+def test_backend_from_the_environment_is_checked_in_the_master(clean_env):
+    clean_env.delenv("GLUONSEG_BACKEND", raising=False)
+    assert ServerSettings.from_env().backend == "mxnet"
+    clean_env.setenv("GLUONSEG_BACKEND", " ONNXRuntime ")
+    assert ServerSettings.from_env().backend == "onnxruntime"
+    clean_env.setenv("GLUONSEG_BACKEND", "tensorrt")
+    wording = "GLUONSEG_BACKEND must be one of mxnet, onnxruntime, openvino, auto, got 'tensorrt'"
+    with pytest.raises(ClientError, match=wording):
+        ServerSettings.from_env()
+
+
+def test_the_masters_backend_list_is_the_loaders():
+    from gluonseg.inference.loading import BACKENDS, check_backend
+    from serve.settings import BACKENDS as SERVER_BACKENDS
+
+    assert SERVER_BACKENDS == BACKENDS
+    assert check_backend(" OpenVINO") == "openvino"
+    with pytest.raises(ClientError, match="backend must be one of mxnet, onnxruntime, openvino, auto, got 'x'"):
+        check_backend("x")
