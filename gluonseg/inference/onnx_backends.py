@@ -8,6 +8,7 @@ for every backend.
   logged and kept in `provider`. FP32 only.
 - OpenVINO: the CPU plugin, FP32 or BF16 (`INFERENCE_PRECISION_HINT`; BF16 runs on AMX/AVX-512-BF16
   where the CPU has them, and OpenVINO falls back to FP32 where it has not, which `precision` then says).
+  For BF16 the graph's large-dilation convolutions are rewritten first (gluonseg.inference.onnx_rewrites).
 
 Threads: OMP_NUM_THREADS when set (the server gives each worker its share of the cores), else every
 core this process may use. ONNX Runtime sessions may be called from several threads; an OpenVINO
@@ -18,13 +19,16 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from gluonseg.errors import ClientError
 from gluonseg.inference.onnx_ops import INPUT_NAME
+from gluonseg.inference.onnx_rewrites import split_large_dilations
 from gluonseg.util import available_cpus
 
 log = logging.getLogger(__name__)
@@ -85,7 +89,7 @@ class OpenVinoNetwork:
         hint = {"fp32": "f32", "bf16": "bf16"}[precision]
         count = num_threads or threads()
         config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": count, "PERFORMANCE_HINT": "LATENCY"}
-        self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self._compiled = core.compile_model(self._read(core, Path(path), precision), "CPU", config)
         used = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # 'bf16' or 'f32'
         self.precision = "bf16" if used == "bf16" else "fp32"
         if self.precision != precision:
@@ -93,6 +97,23 @@ class OpenVinoNetwork:
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
         log.info("OpenVINO %s on CPU, %s (%d threads): %s", ov.__version__, self.precision, count, path)
+
+    @staticmethod
+    def _read(core: Any, path: Path, precision: str) -> Any:
+        """The model, with large-dilation convolutions split for BF16 (gluonseg.inference.onnx_rewrites)."""
+        if precision != "bf16":
+            return core.read_model(str(path))
+        import onnx
+
+        model = onnx.load(str(path))
+        count = split_large_dilations(model)
+        if not count:
+            return core.read_model(str(path))
+        with tempfile.TemporaryDirectory(prefix="gluonseg-openvino-") as scratch:
+            rewritten = Path(scratch) / "model.onnx"
+            onnx.save(model, str(rewritten))
+            log.info("OpenVINO BF16: %d large-dilation convolution(s) run as 1x1 taps (onnx_rewrites)", count)
+            return core.read_model(str(rewritten))  # read whole: the file may go once this returns
 
     def logits(self, data: np.ndarray) -> np.ndarray:
         with self._lock:

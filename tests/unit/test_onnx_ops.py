@@ -75,3 +75,40 @@ def test_the_exporter_gets_its_own_translations_back(tmp_path):
     data = mx.sym.var("data")
     export(mx.sym.contrib.AdaptiveAvgPooling2D(data, output_size=2), (8, 8), tmp_path / "p.onnx")
     assert registry["_contrib_AdaptiveAvgPooling2D"] is before
+
+
+def run(model, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"data": x})[0]
+
+
+@pytest.mark.parametrize(("dilation", "size"), [(12, (20, 30)), (8, (9, 7)), (36, (60, 44))])
+def test_large_dilations_split_into_taps_compute_the_same_convolution(dilation, size):
+    from onnx import numpy_helper
+
+    from gluonseg.inference.onnx_rewrites import split_large_dilations
+
+    rng = np.random.default_rng(dilation)
+    weights = {
+        "w": rng.standard_normal((5, 6, 3, 3)).astype(np.float32),
+        "b": rng.standard_normal(5).astype(np.float32),
+        "w2": rng.standard_normal((5, 5, 3, 3)).astype(np.float32),
+    }
+    wide = dict(kernel_shape=[3, 3], dilations=[dilation] * 2, pads=[dilation] * 4)
+    conv = helper.make_node("Conv", ["data", "w", "b"], ["c"], **wide)
+    kept = helper.make_node("Conv", ["c", "w2"], ["out"], kernel_shape=[3, 3], dilations=[2, 2], pads=[2] * 4)
+    graph = helper.make_graph(
+        [conv, kept],
+        "g",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 6, None, None])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 5, None, None])],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = rng.standard_normal((1, 6, *size)).astype(np.float32)
+    before = run(model, x)
+    assert split_large_dilations(model) == 1  # the dilation-2 convolution is left alone
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node].count("Conv") == 10
+    assert "w" not in {t.name for t in model.graph.initializer}
+    np.testing.assert_allclose(run(model, x), before, rtol=1e-5, atol=1e-4)
