@@ -5,7 +5,8 @@ At load, each candidate (backend x precision) is built and
    generated pictures export uses) must equal MXNet FP32's on at least MIN_AGREEMENT of the pixels;
 2. timed: one warm-up call, then the median of TIMED_RUNS calls on a crop_size x crop_size input (the
    size the model was trained at), with the threads the worker has.
-The fastest faithful candidate is kept (MXNet FP32, the reference, always qualifies). The measurements
+The fastest faithful candidate is kept (MXNet FP32, the reference, always qualifies). One worker measures
+while the others wait on a lock (two measuring at once would disturb each other's timings). The measurements
 and the choice are logged and written to backend-choice.json beside the ONNX export (the model folder,
 or the cache of gluonseg.inference.onnx_cache), keyed by the CPU's model and flags, the thread count,
 the parameters' SHA-256 and the library versions: a later load on the same kind of machine reuses the
@@ -34,7 +35,7 @@ from gluonseg.errors import GluonsegError, error_summary
 from gluonseg.inference.geometry import native_canvas
 from gluonseg.inference.network import Network
 from gluonseg.inference.onnx_backends import threads
-from gluonseg.inference.onnx_cache import exported_model
+from gluonseg.inference.onnx_cache import exported_model, folder_lock
 from gluonseg.inference.onnx_export import CHECK_MAX_PIXELS, check_pictures
 from gluonseg.inference.precision import INT8_SYMBOL
 from gluonseg.util import cpu_flags, cpu_model, file_digest
@@ -42,6 +43,7 @@ from gluonseg.util import cpu_flags, cpu_model, file_digest
 log = logging.getLogger(__name__)
 
 CHOICE_FILE = "backend-choice.json"
+CHOICE_LOCK = ".gluonseg-choice.lock"  # not the export's lock: measuring builds networks, which may export
 MIN_AGREEMENT = 0.995
 TIMED_RUNS = 3
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -84,12 +86,23 @@ def choose_network(
     """The fastest faithful network for this model on this machine (see the module docstring)."""
     key = choice_key(artifact)
     record_path = exported_model(artifact).parent / CHOICE_FILE
-    cached = _read(record_path)
-    if cached is not None and cached.get("key") == key:
-        backend, precision = cached["choice"]
-        log.info("backend auto: %s %s (measured before on this machine: %s)", backend, precision, record_path)
-        return make(backend, precision)
+    # One worker measures while the others wait (their timings would disturb each other), then they reuse it.
+    with folder_lock(record_path.parent, CHOICE_LOCK):
+        cached = _read(record_path)
+        if cached is not None and cached.get("key") == key:
+            backend, precision = cached["choice"]
+            log.info("backend auto: %s %s (measured before on this machine: %s)", backend, precision, record_path)
+            return make(backend, precision)
+        return _measure_and_choose(artifact, make, calibration_dir, key, record_path)
 
+
+def _measure_and_choose(
+    artifact: ModelArtifact,
+    make: Callable[[str, str], Network],
+    calibration_dir: Path | None,
+    key: dict[str, Any],
+    record_path: Path,
+) -> Network:
     start = time.perf_counter()
     pictures = check_pictures(calibration_dir, artifact.num_classes)
     canvases = [native_canvas(picture, CHECK_MAX_PIXELS)[0] for _, picture in pictures]

@@ -18,6 +18,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from gluonseg.artifacts import ModelArtifact
@@ -51,9 +53,21 @@ def exported_model(artifact: ModelArtifact) -> Path:
     if not _writable(folder) or read_record(folder) is not None:  # read-only, or someone's fixed-shape export
         folder = cache_root() / "onnx" / digest[:16]
         folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be exporting: wait for it, then reuse its file
+        if _usable(folder, digest):
+            return folder / ONNX_FILE
+    with folder_lock(folder):  # another worker may be exporting: wait for it, then reuse its file
         if not _usable(folder, digest):
             log.info("no ONNX export of %s yet: exporting to %s", artifact.params_path, folder)
             export_onnx(artifact.folder, folder)
     return folder / ONNX_FILE
+
+
+@contextmanager
+def folder_lock(folder: Path, name: str = LOCK_FILE) -> Iterator[None]:
+    """An exclusive lock between processes (the lock file `name` in `folder`), held for the block.
+
+    Not re-entrant, even within one process: a block must not take the same lock again.
+    """
+    with open(folder / name, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

@@ -275,3 +275,22 @@ def test_symbol_export_writes_the_graph_plain_mxnet_loads(trained_model_dir, tmp
     symbol, params = str(tmp_path / "model-symbol.json"), str(tmp_path / "model-0000.params")
     net = mx.gluon.SymbolBlock.imports(symbol, ["data"], params)
     assert net(mx.nd.zeros((1, 3, 64, 64))).shape == (1, 4, 64, 64)
+
+
+def test_two_workers_with_auto_measure_once_and_serve_the_same_choice(model_copy, generated_dataset):
+    server = Server(model_copy, workers=2, GLUONSEG_BACKEND="auto").start(timeout=600)
+    try:
+        body = jpeg(pictures(generated_dataset, 1)[0])
+        answers = {
+            requests.post(server.url + "/invocations", data=body, headers={"Content-Type": "image/jpeg"}).content
+            for _ in range(4)
+        }
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    # One worker measured (holding the lock) while the other waited, then took its choice without measuring.
+    assert log.count("backend auto: chose") == 1 and log.count("measured before on this machine") == 1
+    assert log.count("exported ") == 1  # and one export, however many workers started
+    record = json.loads((model_copy / backend_choice.CHOICE_FILE).read_text())
+    assert log.count(f"4 classes, {record['choice'][0]} {record['choice'][1]}, native scale") == 2  # both workers
+    assert len(answers) == 1  # every request, whichever worker took it, got the same mask
