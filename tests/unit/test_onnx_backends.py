@@ -1,0 +1,64 @@
+"""The ONNX Runtime and OpenVINO networks on a tiny graph: the Network contract, threads and pinning."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from gluonseg.errors import ClientError
+from gluonseg.inference.onnx_backends import OnnxRuntimeNetwork, OpenVinoNetwork, check_backend_precision
+from gluonseg.util import available_cpus
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """logits = a 3x3 convolution (3 -> 4 channels) of `data`, any size."""
+    weight = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["data", "w"], ["logits"], kernel_shape=[3, 3], pads=[1] * 4)],
+        "tiny",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4, "height", "width"])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    path = tmp_path_factory.mktemp("tiny") / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_both_networks_answer_the_same_logits_for_any_size(tiny_model):
+    ours = OnnxRuntimeNetwork(tiny_model, num_threads=1)
+    theirs = OpenVinoNetwork(tiny_model, "fp32", num_threads=1)
+    assert (ours.backend, ours.precision) == ("onnxruntime", "fp32")
+    assert (theirs.backend, theirs.precision) == ("openvino", "fp32")
+    assert ours.provider == "CPUExecutionProvider"  # no GPU here
+    for size in [(8, 8), (16, 24)]:
+        data = np.random.default_rng(size[1]).standard_normal((3, *size)).astype(np.float32)
+        a, b = ours.logits(data), theirs.logits(data)
+        assert a.shape == b.shape == (4, *size) and a.dtype == b.dtype == np.float32
+        np.testing.assert_allclose(a, b, atol=1e-4)
+        first = theirs.logits(data)
+        theirs.logits(data + 1)
+        assert np.array_equal(first, b)  # the caller owns its array: the next call does not overwrite it
+
+
+def test_openvino_pins_threads_only_when_the_process_has_every_core(tiny_model):
+    # Two 1-thread server workers pinned from the first core would share one (half the requests/s).
+    one = OpenVinoNetwork(tiny_model, "fp32", num_threads=1)
+    assert one._compiled.get_property("ENABLE_CPU_PINNING") is (available_cpus() == 1)
+    every = OpenVinoNetwork(tiny_model, "fp32", num_threads=available_cpus())
+    assert every._compiled.get_property("ENABLE_CPU_PINNING") is True
+
+
+def test_threads_follow_omp_num_threads(tiny_model, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert OpenVinoNetwork(tiny_model, "fp32")._compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
+def test_precisions_a_backend_cannot_run_are_client_errors():
+    with pytest.raises(ClientError, match="backend onnxruntime runs precision fp32, not bf16"):
+        check_backend_precision("onnxruntime", "bf16")
+    with pytest.raises(ClientError, match="backend openvino runs precision fp32, bf16, not int8"):
+        check_backend_precision("openvino", "int8")
