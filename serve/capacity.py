@@ -16,11 +16,11 @@ MB = 1 << 20
 REFERENCE_PIXELS = 1 << 20  # the measured peaks below are at the default native bound (1 MP)
 # Peak RSS (VmHWM, MB) of one worker over pictures of 300-1000 px a side at the 1 MP native bound, FP32,
 # ResNet-50, 21 classes (benchmarks/worker_memory.py, BENCHMARKS.md "worker memory"): the highest seen in
-# any run, FCN 1,000 requests (1,894; 1,906 in a 500-request run), PSP 1,000 (3,903), DeepLab 150.
+# any run, 1,000 requests each: FCN 1,894 (1,906 in an earlier 500-request run), PSP 3,903, DeepLab 2,055.
 # "Activations" is the part that scales with the canvas: the peak less the worker's RSS once its model
 # is loaded (546, 700 and 625 MB, measured the same way).
-MEASURED_PEAK_MB = {"fcn": 1906, "psp": 3903, "deeplab": 2042}
-ACTIVATIONS_MB = {"fcn": 1360, "psp": 3203, "deeplab": 1417}
+MEASURED_PEAK_MB = {"fcn": 1906, "psp": 3903, "deeplab": 2055}
+ACTIVATIONS_MB = {"fcn": 1360, "psp": 3203, "deeplab": 1430}
 # Not measured: ResNet-101 has 19 M more parameters than ResNet-50, held twice (the weights and
 # oneDNN's reordered copy), ~150 MB, plus a margin for its deeper memory plan.
 RESNET101_EXTRA_MB = 250
