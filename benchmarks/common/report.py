@@ -8,6 +8,8 @@ import platform
 import sys
 from pathlib import Path
 
+from gluonseg.util import cpu_flags, cpu_model
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 
 
@@ -16,18 +18,8 @@ KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "am
 
 
 def machine() -> str:
-    cpu, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    present = " ".join(f for f in KERNEL_FLAGS if f in flags) or "none of " + " ".join(KERNEL_FLAGS)
-    return f"{cpu} (flags: {present}), {os.cpu_count()} cores, Python {platform.python_version()}"
+    present = " ".join(f for f in KERNEL_FLAGS if f in cpu_flags()) or "none of " + " ".join(KERNEL_FLAGS)
+    return f"{cpu_model()} (flags: {present}), {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def versions() -> str:
