@@ -36,7 +36,7 @@ def cmd_prepare_voc(args: argparse.Namespace) -> int:
 
 
 def cmd_hyperparameters(args: argparse.Namespace) -> int:
-    from gluonseg.hyperparameters import markdown_table, text_listing
+    from gluonseg.docs import markdown_table, text_listing
 
     print(markdown_table() if args.markdown else text_listing(), end="" if not args.markdown else "\n")
     return 0
