@@ -42,6 +42,15 @@ def cmd_hyperparameters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_algorithm_spec(args: argparse.Namespace) -> int:
+    import json
+
+    from gluonseg.algorithm_spec import DEFAULT_NAME, algorithm_spec
+
+    print(json.dumps(algorithm_spec(args.training_image, args.inference_image, args.name or DEFAULT_NAME), indent=2))
+    return 0
+
+
 def parse_key_values(pairs: list[str]) -> dict[str, str]:
     values = {}
     for pair in pairs:
