@@ -135,7 +135,7 @@ def read_model_dir(folder: Path) -> ModelArtifact:
         raise ClientError(f"{path} must hold a JSON object")
     meta = data.pop(META_KEY, {}) or {}
     raw = {k: ",".join(str(x) for x in v) if isinstance(v, list) else v for k, v in data.items()}
-    hp = parse(raw)
+    hp = parse(raw, log_ignored=False)  # a saved model carries every value, used or not
     artifact = ModelArtifact(folder, hp, meta)
     if not artifact.params_path.exists():
         raise ClientError(f"{folder} holds neither {BEST_PARAMS} nor {LAST_PARAMS}")

@@ -47,6 +47,57 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return proc
 
 
+# `#quality_metric: host=algo-1, epoch=3, validation mIOU <score>=0.6543` (and `best epoch=3`).
+METRIC_LINE = re.compile(r"(best )?epoch=(\d+), (train loss|validation pixel_accuracy|validation mIOU) <[^>]+>=(\S+)")
+
+
+def epoch_progress(epochs: int):
+    """A line handler for the training's log: one line per epoch as soon as its mIOU is logged, and
+    the best model's line at the end; returns None for other lines, else the text to show."""
+    started = time.perf_counter()
+    seen: dict[tuple[bool, int], dict[str, str]] = {}
+
+    def handle(line: str) -> str | None:
+        if "early stopping after epoch" in line:
+            return "  " + line.split("] ", 1)[-1].strip()
+        m = METRIC_LINE.search(line)
+        if not m:
+            return None
+        best, epoch, name, value = bool(m.group(1)), int(m.group(2)), m.group(3), m.group(4)
+        values = seen.setdefault((best, epoch), {})
+        values[name] = value
+        if name != "validation mIOU":
+            return None
+        accuracy = values.get("validation pixel_accuracy", "n/a")
+        if best:
+            return f"  best: epoch {epoch + 1} (the model saved), validation mIOU {value}, pixel accuracy {accuracy}"
+        return (
+            f"  epoch {epoch + 1}/{epochs}: train loss {values.get('train loss', 'n/a')}, validation mIOU {value}, "
+            f"pixel accuracy {accuracy} ({time.perf_counter() - started:.0f} s)"
+        )
+
+    return handle
+
+
+def run_streaming(args: list[str], show) -> None:
+    """Run `gluonseg ARGS`, printing what `show` makes of each output line while it runs (training is
+    the demo's long step: its epoch lines appear as they happen, not after it ends)."""
+    print("$ gluonseg " + " ".join(args), flush=True)
+    tail: list[str] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        [GLUONSEG, *args], text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1, env=env
+    ) as proc:
+        for line in proc.stdout:
+            tail = (tail + [line])[-200:]
+            shown = show(line)
+            if shown is not None:
+                print(shown, flush=True)
+    if proc.returncode != 0:
+        sys.stdout.write("".join(tail)[-8000:])
+        raise SystemExit(f"demo failed at: gluonseg {' '.join(args)} (exit {proc.returncode})")
+
+
 def http(url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 120):
     request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body else "GET")
     with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -128,8 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gluonseg.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--quick", action="store_true", help="a tiny run (tests use it)")
+    parser.add_argument("--epochs", type=int, help="train this many epochs instead of the run's default")
     args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.epochs:
+        cfg["epochs"] = args.epochs
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     data, model = out / "data", out / "model"
@@ -172,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         "learning_rate": 0.001,
     }
     train_start = time.perf_counter()
-    run("train", "--data", str(data), "--model-dir", str(model), *[f"{k}={v}" for k, v in hp.items()])
+    print(f"  {cfg['epochs']} epoch(s); each one's scores are printed as it ends", flush=True)
+    train_args = ["train", "--data", str(data), "--model-dir", str(model), *[f"{k}={v}" for k, v in hp.items()]]
+    run_streaming(train_args, epoch_progress(cfg["epochs"]))
     train_seconds = time.perf_counter() - train_start
     curves = model / "output" / "data" / "training_curves.png"
     if curves.exists():

@@ -36,34 +36,38 @@ def _nested_deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def read_json_file(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def read_json_file(
+    path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES, max_depth: int = MAX_JSON_DEPTH, shown: str | None = None
+) -> Any:
     """Read a small JSON file, turning every way it can be broken into a ClientError naming it.
 
     Bounded in bytes (checked on the bytes read, so a pipe or a growing file is bounded too) and in
-    nesting depth. Messages name the file and the limit, never its contents.
+    nesting depth. Messages name the file (as `shown`, e.g. channel-relative, else its path) and the
+    limit, never its contents.
     """
+    shown_path = shown if shown is not None else path
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise ClientError(f"Cannot read {what} {path}: {exc.strerror}") from None
+        raise ClientError(f"Cannot read {what} {shown_path}: {exc.strerror}") from None
     if size > max_bytes:
-        raise ClientError(f"{what} {path} is {size} bytes; the limit is {max_bytes} bytes")
+        raise ClientError(f"{what} {shown_path} is {size} bytes; the limit is {max_bytes} bytes")
     try:
         with open(path, "rb") as handle:
             raw = handle.read(max_bytes + 1)
         if len(raw) > max_bytes:
-            raise ClientError(f"{what} {path} is more than {max_bytes} bytes; the limit is {max_bytes} bytes")
+            raise ClientError(f"{what} {shown_path} is more than {max_bytes} bytes; the limit is {max_bytes} bytes")
         text = raw.decode("utf-8")
     except OSError as exc:
-        raise ClientError(f"Cannot read {what} {path}: {exc.strerror or type(exc).__name__}") from None
+        raise ClientError(f"Cannot read {what} {shown_path}: {exc.strerror or type(exc).__name__}") from None
     except UnicodeDecodeError as exc:
-        raise ClientError(f"Cannot read {what} {path}: not UTF-8 text (byte {exc.start})") from None
-    too_deep = f"{what} {path} is nested too deeply: more than {max_depth} levels of objects and arrays"
+        raise ClientError(f"Cannot read {what} {shown_path}: not UTF-8 text (byte {exc.start})") from None
+    too_deep = f"{what} {shown_path} is nested too deeply: more than {max_depth} levels of objects and arrays"
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ClientError(
-            f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            f"{what} {shown_path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except RecursionError:
         raise ClientError(too_deep) from None

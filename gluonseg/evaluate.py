@@ -36,11 +36,12 @@ CONFUSION_PLOT_FILE = "confusion_matrix.png"
 T = TypeVar("T")
 
 
-def read_label_map_file(path: Path | None) -> LabelMap:
+def read_label_map_file(path: Path | None, num_classes: int | None = None) -> LabelMap:
     """The label map in a JSON file (`{"scale": N}` or `{"map": {...}}`); identity without one."""
     if path is None:
         return LabelMap.identity()
-    return parse_label_map(read_json_file(path, "label map", max_bytes=MAX_LABEL_MAP_BYTES), str(path))
+    data = read_json_file(path, "label map", max_bytes=MAX_LABEL_MAP_BYTES)
+    return parse_label_map(data, str(path), num_classes)
 
 
 def with_progress(items: Iterable[T], total: int, desc: str, show_bar: bool | None = None) -> Iterator[T]:
@@ -119,8 +120,8 @@ def format_report(report: dict[str, Any]) -> str:
 def _score(predictor: Any, samples: list[Sample], label_map: LabelMap, progress: bool | None) -> ConfusionMatrix:
     cm = ConfusionMatrix(predictor.num_classes)
     for sample in with_progress(samples, len(samples), "evaluate", progress):
-        image = load_image(sample.image_path, str(sample.image_path), apply_exif=False)
-        label = label_map.apply(load_mask(sample.mask_path, str(sample.mask_path)))
+        image = load_image(sample.image_path, sample.image_file, apply_exif=False)
+        label = label_map.apply(load_mask(sample.mask_path, sample.mask_file))
         cm.update(predictor.predict(image).mask, label)
     return cm
 
@@ -148,7 +149,7 @@ def evaluate_folder(
 
     model_dir, images, masks = Path(model_dir), Path(images), Path(masks)
     artifact = read_model_dir(model_dir)  # cheap: the class count for the scan, before the network loads
-    label_map = read_label_map_file(label_map_file)
+    label_map = read_label_map_file(label_map_file, artifact.num_classes)
     samples = pair_channel(images, masks)
     scan_masks(samples, label_map, artifact.num_classes, masks.name)
     log.info("evaluating %s on %d image(s) from %s", model_dir, len(samples), images)

@@ -2,18 +2,21 @@
 
 Values arrive as strings (`hyperparameters.json` holds `{"epochs": "10"}`); framework estimators
 add a layer of JSON quotes (`'"resnet-50"'`). Every rule, default and message comes from `SCHEMA`;
-the README table and `gluonseg hyperparameters` are generated from it.
+the README table and `gluonseg hyperparameters` (gluonseg.docs) and `gluonseg algorithm-spec` are
+generated from it. An entry's `used_when` quotes the docs where they make it conditional.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gluonseg.errors import ClientError
+from gluonseg.hyperparameter_conditions import Condition, ignore_unused
+from gluonseg.hyperparameter_values import Hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ class Param:
     low_open: bool = False  # True: value must be > low, else >= low
     high_open: bool = False  # True: value must be < high, else <= high
     group: str = "Training"
+    used_when: Condition | None = None  # None: always used, always validated
 
     def accepts(self) -> str:
         """What the parameter accepts, in the words SageMaker's messages use."""
@@ -51,6 +55,12 @@ class Param:
         if self.low is not None and self.high is not None and not self.low_open and not self.high_open:
             return f"{noun} between {_fmt(self.low)} and {_fmt(self.high)}"
         return f"{noun} " + " and ".join(parts) if parts else noun
+
+    def meaning(self) -> str:
+        """The doc line, with when the value is ignored."""
+        if self.used_when is None:
+            return self.doc
+        return f"{self.doc} Ignored unless {self.used_when.describe()}."
 
     def default_text(self) -> str:
         if self.required:
@@ -130,9 +140,36 @@ SCHEMA: tuple[Param, ...] = (
     ),
     # -- training
     Param("early_stopping", "bool", "Stop when validation mIOU stops improving.", default=False, choices=BOOL),
-    Param("early_stopping_min_epochs", "int", "Epochs always run before early stopping may stop.", default=5, low=0),
     Param(
-        "early_stopping_patience", "int", "Consecutive epochs without improvement that stop training.", default=4, low=1
+        "early_stopping_min_epochs",
+        "int",
+        "Epochs always run before early stopping may stop.",
+        default=5,
+        low=0,
+        used_when=Condition(
+            "early_stopping",
+            (True,),
+            source="The minimum number of epochs that must be run. Valid values: integer",
+            decision="The docs give the type without a condition, so a non-integer always fails; gluonseg's own "
+            "bound (>= 0) matters only to early stopping, so with early_stopping=False the value is ignored.",
+            still_checked="type",
+        ),
+    ),
+    Param(
+        "early_stopping_patience",
+        "int",
+        "Consecutive epochs without improvement that stop training.",
+        default=4,
+        low=1,
+        used_when=Condition(
+            "early_stopping",
+            (True,),
+            source="The number of epochs that meet the tolerance for lower performance before the algorithm "
+            "enforces an early stop. Valid values: integer",
+            decision="The docs give the type without a condition, so a non-integer always fails; gluonseg's own "
+            "bound (>= 1) matters only to early stopping, so with early_stopping=False the value is ignored.",
+            still_checked="type",
+        ),
     ),
     Param(
         "early_stopping_tolerance",
@@ -141,11 +178,31 @@ SCHEMA: tuple[Param, ...] = (
         default=0.0,
         low=0,
         high=1,
+        used_when=Condition(
+            "early_stopping",
+            (True,),
+            source="This is used only when early_stopping = True.",
+            decision="Ignored, even if invalid, when early_stopping=False.",
+        ),
     ),
     Param("epochs", "int", "Passes over the training data.", default=10, low=1),
     Param(
-        "gamma1", "float", "rmsprop only: decay of the moving average of squared gradients.", default=0.9, low=0, high=1
+        "gamma1",
+        "float",
+        "rmsprop only: decay of the moving average of squared gradients.",
+        default=0.9,
+        low=0,
+        high=1,
+        used_when=Condition(
+            "optimizer",
+            ("rmsprop",),
+            source="The decay factor for the moving average of the squared gradient for rmsprop. "
+            "Used only for rmsprop.",
+            decision="Ignored, even if invalid, with another optimizer.",
+        ),
     ),
+    # gamma2: "The momentum factor for rmsprop. Valid values: 0 <= float <= 1". The docs state no condition,
+    # so it is validated whatever the optimizer (gluonseg uses it only for rmsprop).
     Param("gamma2", "float", "rmsprop only: momentum factor (centered RMSProp).", default=0.9, low=0, high=1),
     Param("learning_rate", "float", "Initial learning rate.", default=0.001, low=0, low_open=True, high=1),
     Param(
@@ -162,14 +219,43 @@ SCHEMA: tuple[Param, ...] = (
         default=0.1,
         low=0,
         high=1,
+        used_when=Condition(
+            "lr_scheduler",
+            ("step",),
+            source="If lr_scheduler is set to step, the ratio by which to reduce (multiply) the learning_rate "
+            "after each of the epochs specified by the lr_scheduler_step. Otherwise, ignored.",
+            decision="Ignored, even if invalid, with lr_scheduler poly or cosine.",
+        ),
     ),
     Param(
         "lr_scheduler_step",
         "epochs",
-        "step only (then required): epochs after which the LR is multiplied, " "e.g. '10, 20'.",
+        "step only (then required): epochs after which the LR is multiplied, e.g. '10, 20'.",
+        used_when=Condition(
+            "lr_scheduler",
+            ("step",),
+            source="Conditionally Required if lr_scheduler is set to step. Otherwise, ignored.",
+            decision="Required and validated with lr_scheduler=step; ignored, even if invalid, otherwise.",
+        ),
     ),
     Param("mini_batch_size", "int", "Training batch size (per host).", default=16, low=1),
-    Param("momentum", "float", "sgd (and nag) only: momentum.", default=0.9, low=0, low_open=True, high=1),
+    Param(
+        "momentum",
+        "float",
+        "sgd (and nag) only: momentum.",
+        default=0.9,
+        low=0,
+        low_open=True,
+        high=1,
+        used_when=Condition(
+            "optimizer",
+            ("sgd", "nag"),
+            source="The momentum for the sgd optimizer. When you use other optimizers, the semantic segmentation "
+            "algorithm ignores this parameter.",
+            decision="Used by sgd and by nag (sgd with Nesterov momentum); ignored, even if invalid, with adam, "
+            "rmsprop or adagrad.",
+        ),
+    ),
     Param(
         "optimizer", "choice", "MXNet optimizer.", default="sgd", choices=("sgd", "adam", "rmsprop", "adagrad", "nag")
     ),
@@ -181,7 +267,23 @@ SCHEMA: tuple[Param, ...] = (
         default=16,
         low=1,
     ),
-    Param("weight_decay", "float", "Weight decay (L2).", default=0.0001, low=0, low_open=True, high=1, high_open=True),
+    Param(
+        "weight_decay",
+        "float",
+        "Weight decay (L2).",
+        default=0.0001,
+        low=0,
+        low_open=True,
+        high=1,
+        high_open=True,
+        used_when=Condition(
+            "optimizer",
+            ("sgd", "nag"),
+            source="The weight decay coefficient for the sgd optimizer. When you use other optimizers, the "
+            "algorithm ignores this parameter.",
+            decision="Used by sgd and nag, as momentum; ignored, even if invalid, with adam, rmsprop or adagrad.",
+        ),
+    ),
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in SCHEMA}
@@ -189,37 +291,6 @@ BY_NAME: dict[str, Param] = {p.name: p for p in SCHEMA}
 # SageMaker's tuner adds this one; the SDK and toolkits add sagemaker_* keys.
 TOLERATED_KEYS = frozenset({"_tuning_objective_metric"})
 TOLERATED_PREFIX = "sagemaker_"
-
-
-class Hyperparameters(Mapping[str, Any]):
-    """Parsed, typed hyperparameters with attribute access (`hp.crop_size`)."""
-
-    def __init__(self, values: Mapping[str, Any]):
-        self._values = dict(values)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __getitem__(self, key: str) -> Any:
-        return self._values[key]
-
-    def __iter__(self):
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self._values)
-
-    def replace(self, **changes: Any) -> Hyperparameters:
-        return Hyperparameters({**self._values, **changes})
-
-    def __repr__(self) -> str:
-        return f"Hyperparameters({self._values!r})"
 
 
 def _unquote(value: Any) -> Any:
@@ -282,40 +353,48 @@ def round_up_to_multiple_of_8(value: int) -> int:
     return (value + 7) // 8 * 8
 
 
-def parse(raw: Mapping[str, Any]) -> Hyperparameters:
-    """Validate and type the raw hyperparameters; report every problem in one ClientError."""
-    errors: list[str] = []
+def parse(raw: Mapping[str, Any], log_ignored: bool = True) -> Hyperparameters:
+    """Validate and type the raw hyperparameters; report every problem in one ClientError.
+
+    A value the docs say is ignored under the job's other settings (`Param.used_when`) is ignored with
+    one log line (`log_ignored=False` when re-reading a saved model's file); an invalid one is replaced
+    by the default.
+    """
+    errors: dict[str, str] = {}  # name (or a key of its own) -> message, in schema order
     unexpected = [k for k in raw if k not in BY_NAME and k not in TOLERATED_KEYS and not k.startswith(TOLERATED_PREFIX)]
     if unexpected:
         names = ", ".join(f"'{k}'" for k in unexpected)
         verb = "was" if len(unexpected) == 1 else "were"
-        errors.append(f"Additional properties are not allowed ({names} {verb} unexpected)")
+        errors[" unexpected"] = f"Additional properties are not allowed ({names} {verb} unexpected)"
 
     values: dict[str, Any] = {}
-    invalid: set[str] = set()
+    given: set[str] = set()
     for param in SCHEMA:
         if param.name in raw and _unquote(raw[param.name]) not in ("", None):
+            given.add(param.name)
             try:
                 values[param.name] = _parse_one(param, raw[param.name])
             except ValueError as exc:
-                errors.append(str(exc))
-                invalid.add(param.name)
+                errors[param.name] = str(exc)
         elif param.required:
-            errors.append(f"The required hyperparameter '{param.name}' is missing; it accepts {param.accepts()}")
+            errors[param.name] = f"The required hyperparameter '{param.name}' is missing; it accepts {param.accepts()}"
         else:
             values[param.name] = param.default
+
+    texts = {name: str(_unquote(raw[name])) for name in given}
+    ignore_unused(SCHEMA, texts, values, errors, lambda p: _type_is_right(p, raw[p.name]), log_ignored)
 
     if (
         values.get("lr_scheduler") == "step"
         and values.get("lr_scheduler_step") is None
-        and "lr_scheduler_step" not in invalid
+        and not errors.get("lr_scheduler_step")
     ):
-        errors.append(
+        errors["lr_scheduler_step"] = (
             "The 'lr_scheduler_step' hyperparameter is required when 'lr_scheduler' is 'step'; it accepts "
             + BY_NAME["lr_scheduler_step"].accepts()
         )
     if errors:
-        raise ClientError("; ".join(errors) + " (caused by ValidationError)")
+        raise ClientError("; ".join(errors.values()) + " (caused by ValidationError)")
 
     crop = values["crop_size"]
     if crop % 8:
@@ -324,35 +403,15 @@ def parse(raw: Mapping[str, Any]) -> Hyperparameters:
     return Hyperparameters(values)
 
 
+def _type_is_right(param: Param, raw: Any) -> bool:
+    """Whether `raw` is of the parameter's type, whatever gluonseg's bounds."""
+    try:
+        _parse_one(replace(param, low=None, high=None), raw)
+    except ValueError:
+        return False
+    return True
+
+
 def typed_for_json(hp: Mapping[str, Any]) -> dict[str, Any]:
     """Hyperparameters as plain JSON types (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()}
-
-
-def groups() -> Iterable[tuple[str, list[Param]]]:
-    seen: dict[str, list[Param]] = {}
-    for p in SCHEMA:
-        seen.setdefault(p.group, []).append(p)
-    return seen.items()
-
-
-def markdown_table() -> str:
-    """The README's hyperparameter reference, generated from SCHEMA."""
-    lines = ["| Name | Group | Required | Accepts | Default | Meaning |", "| --- | --- | --- | --- | --- | --- |"]
-    for group, params in groups():
-        for p in params:
-            req = "yes" if p.required else ("when lr_scheduler=step" if p.name == "lr_scheduler_step" else "no")
-            lines.append(f"| `{p.name}` | {group} | {req} | {p.accepts()} | {p.default_text()} | {p.doc} |")
-    return "\n".join(lines)
-
-
-def text_listing() -> str:
-    """`gluonseg hyperparameters`: the same facts for a terminal."""
-    out = []
-    for group, params in groups():
-        out.append(f"{group}:")
-        for p in params:
-            out.append(f"  {p.name:<28} default {p.default_text():<10} accepts {p.accepts()}")
-            out.append(f"  {'':<28} {p.doc}")
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"

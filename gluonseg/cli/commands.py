@@ -36,9 +36,18 @@ def cmd_prepare_voc(args: argparse.Namespace) -> int:
 
 
 def cmd_hyperparameters(args: argparse.Namespace) -> int:
-    from gluonseg.hyperparameters import markdown_table, text_listing
+    from gluonseg.docs import markdown_table, text_listing
 
     print(markdown_table() if args.markdown else text_listing(), end="" if not args.markdown else "\n")
+    return 0
+
+
+def cmd_algorithm_spec(args: argparse.Namespace) -> int:
+    import json
+
+    from gluonseg.algorithm_spec import DEFAULT_NAME, algorithm_spec
+
+    print(json.dumps(algorithm_spec(args.training_image, args.inference_image, args.name or DEFAULT_NAME), indent=2))
     return 0
 
 

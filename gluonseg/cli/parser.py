@@ -83,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print the README's Markdown table")
     p.set_defaults(func=commands.cmd_hyperparameters)
 
+    p = sub.add_parser(
+        "algorithm-spec",
+        help="print a SageMaker CreateAlgorithm request (JSON) to register gluonseg as an algorithm",
+        description="Prints the body of `aws sagemaker create-algorithm --cli-input-json file://spec.json`, "
+        "generated from the hyperparameter schema, the metric definitions and the content types.",
+    )
+    p.add_argument("--training-image", required=True, metavar="URI", help="the training image in ECR")
+    p.add_argument("--inference-image", required=True, metavar="URI", help="the serving image in ECR")
+    p.add_argument("--name", default=None, help="AlgorithmName (default gluonseg-semantic-segmentation)")
+    p.set_defaults(func=commands.cmd_algorithm_spec)
+
     p = sub.add_parser("train", help="run a training job on a local folder of channels (no /opt/ml needed)")
     p.add_argument("--data", type=Path, required=True, help="folder holding train/, train_annotation/, ...")
     p.add_argument("--model-dir", type=Path, required=True, help="where the model folder is written")

@@ -1,8 +1,11 @@
-"""File-mode training channels: pair images with masks, and check every mask before training starts.
+"""File-mode training channels: pair images with masks, and check every pair before training starts.
 
 The scan is the guard against the most common mistake with this algorithm: masks whose values are
-not class ids (colour masks, 0/255 binary masks, a wrong `num_classes`). It reads every mask once,
-reports every problem at once (first 20 files, then a count) and runs before any model is built.
+not class ids (colour masks, 0/255 binary masks, a wrong `num_classes`). It reads every mask once and
+every image's header (format, size, the pixel bound) in the same pass, reports every problem at once
+(first 20 files, then a count) under the channel it is in, and runs before any model is built.
+Files are named as the user uploaded them: channel-relative, with their extension
+(`validation_annotation/2012_000013.png`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
@@ -30,9 +33,35 @@ SPLITS = {"train": ("train", "train_annotation"), "validation": ("validation", "
 
 
 class Sample(NamedTuple):
-    name: str
+    name: str  # the path relative to its channel folder, without extension: "2012_000013", "sub/x"
     image_path: Path
     mask_path: Path
+
+    @property
+    def image_file(self) -> str:
+        """`train/2012_000013.jpg`: how messages name the image."""
+        return channel_file(self.image_path, self.name)
+
+    @property
+    def mask_file(self) -> str:
+        """`train_annotation/2012_000013.png`: how messages name the mask."""
+        return channel_file(self.mask_path, self.name)
+
+
+def channel_file(path: Path, key: str) -> str:
+    """A channel's file as the user knows it: `<channel>/<path in the channel>` with its extension.
+
+    `key` is the path relative to the channel folder without extension, so the folder is the parent
+    that many levels up."""
+    depth = len(PurePosixPath(key).parts)
+    if len(path.parts) <= depth:
+        return str(path)
+    return f"{path.parents[depth - 1].name}/{key}{path.suffix}"
+
+
+def shown_name(root: Path, path: Path) -> str:
+    """`<channel>/<path in the channel>` for a file under the channel folder `root`."""
+    return f"{root.name}/{path.relative_to(root).as_posix()}"
 
 
 def visible_files(root: Path, extensions: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
@@ -49,16 +78,16 @@ def visible_files(root: Path, extensions: Sequence[str]) -> tuple[dict[str, Path
             path = Path(dirpath) / filename
             rel = path.relative_to(root)
             if path.suffix.lower() not in extensions:
-                others.append(str(rel))
+                others.append(shown_name(root, path))
                 continue
-            key = str(rel.with_suffix(""))
+            key = rel.with_suffix("").as_posix()
             if key in found:
-                duplicates.append(f"{found[key].relative_to(root)} and {rel}")
+                duplicates.append(f"{shown_name(root, found[key])} and {shown_name(root, path)}")
             found[key] = path
     if duplicates:
         raise ClientError(
-            f"{root}: several files share a base name, so the pairing with masks is ambiguous: "
-            + list_with_limit(duplicates)
+            f"In the channel '{root.name}', several files share a base name, so the pairing with masks is "
+            "ambiguous: " + list_with_limit(duplicates)
         )
     return found, others
 
@@ -84,12 +113,12 @@ def pair_channel(image_dir: Path, mask_dir: Path) -> list[Sample]:
     if lonely_images:
         problems.append(
             f"{len(lonely_images)} image(s) in '{image_dir.name}' have no mask of the same name in "
-            f"'{mask_dir.name}': " + list_with_limit([str(images[k].relative_to(image_dir)) for k in lonely_images])
+            f"'{mask_dir.name}': " + list_with_limit([shown_name(image_dir, images[k]) for k in lonely_images])
         )
     if lonely_masks:
         problems.append(
             f"{len(lonely_masks)} mask(s) in '{mask_dir.name}' have no image of the same name in "
-            f"'{image_dir.name}': " + list_with_limit([str(masks[k].relative_to(mask_dir)) for k in lonely_masks])
+            f"'{image_dir.name}': " + list_with_limit([shown_name(mask_dir, masks[k]) for k in lonely_masks])
         )
     if problems:
         raise ClientError("; ".join(problems))
@@ -97,40 +126,47 @@ def pair_channel(image_dir: Path, mask_dir: Path) -> list[Sample]:
 
 
 @dataclass
-class MaskReport:
-    """What the scan found in one mask."""
+class PairReport:
+    """What the scan found in one image/mask pair."""
 
     name: str
-    problem: str | None = None  # unreadable, wrong mode, wrong size
+    image_problem: str | None = None  # unreadable header, other format, too many pixels
+    mask_problem: str | None = None  # unreadable, wrong mode, wrong size
     bad_values: tuple[int, ...] = ()  # raw pixel values that map outside 0..num_classes-1 and 255
     histogram: np.ndarray | None = None  # class-id pixel counts after mapping (256 bins)
 
 
-def _scan_one(sample: Sample, lut: np.ndarray, num_classes: int) -> MaskReport:
-    name = str(sample.mask_path)
+def _scan_one(sample: Sample, lut: np.ndarray, num_classes: int) -> PairReport:
+    image_file, mask_file = sample.image_file, sample.mask_file
+    report = PairReport(sample.name)
+    size = None
     try:
-        mask = load_mask(sample.mask_path, name)
-        width, height = image_size(sample.image_path, str(sample.image_path))
+        size = image_size(sample.image_path, image_file)
     except ClientError as exc:
-        return MaskReport(sample.name, problem=str(exc))
-    if mask.shape != (height, width):
+        report.image_problem = str(exc)
+    try:
+        mask = load_mask(sample.mask_path, mask_file)
+    except ClientError as exc:
+        report.mask_problem = str(exc)
+        return report
+    if size is not None and mask.shape != (size[1], size[0]):
+        width, height = size
         hint = ""
         if mask.shape == (width, height):
             hint = " (the image may carry an EXIF rotation; masks must match the stored pixel grid)"
-        return MaskReport(
-            sample.name,
-            problem=f"{name}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-            f"{sample.image_path.name} is {width}x{height}{hint}",
+        report.mask_problem = (
+            f"{mask_file}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_file} is {width}x{height}{hint}"
         )
+        return report
     raw_counts = np.bincount(mask.ravel(), minlength=256)
     present = np.flatnonzero(raw_counts)
     mapped = lut[present]
-    bad = present[(mapped >= num_classes) & (mapped != IGNORE)]
-    mapped_counts = np.bincount(mapped, weights=raw_counts[present], minlength=256).astype(np.int64)
-    return MaskReport(sample.name, bad_values=tuple(int(v) for v in bad), histogram=mapped_counts)
+    report.bad_values = tuple(int(v) for v in present[(mapped >= num_classes) & (mapped != IGNORE)])
+    report.histogram = np.bincount(mapped, weights=raw_counts[present], minlength=256).astype(np.int64)
+    return report
 
 
-def _scan_chunk(args: tuple[list[Sample], np.ndarray, int]) -> list[MaskReport]:
+def _scan_chunk(args: tuple[list[Sample], np.ndarray, int]) -> list[PairReport]:
     samples, lut, num_classes = args
     return [_scan_one(s, lut, num_classes) for s in samples]
 
@@ -147,7 +183,8 @@ class ScanResult:
 def scan_masks(
     samples: Sequence[Sample], label_map: LabelMap, num_classes: int, channel: str, workers: int | None = None
 ) -> ScanResult:
-    """Read every mask once; raise one ClientError listing every bad file and value."""
+    """Read every mask and every image's header once; raise one ClientError listing every bad file and
+    value, each under its own channel (`channel` names the masks' channel)."""
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
     chunks = _chunks(list(samples), workers * 4)
     if workers > 1 and len(samples) >= 200:
@@ -158,31 +195,52 @@ def scan_masks(
     else:
         reports = [r for c in chunks for r in _scan_chunk((c, label_map.lut, num_classes))]
 
-    unreadable = [r.problem for r in reports if r.problem]
-    by_value: dict[int, list[str]] = defaultdict(list)
-    for r in reports:
-        for v in r.bad_values:
-            by_value[v].append(r.name)
     problems = []
-    if unreadable:
-        problems.append(f"{len(unreadable)} mask(s) in '{channel}' cannot be used: " + list_with_limit(unreadable))
-    if by_value:
-        names = sorted({n for files in by_value.values() for n in files})
-        values = ", ".join(str(v) for v in sorted(by_value))
-        mapping = "" if label_map.is_identity else f" after applying the label map ({label_map.description})"
+    bad_images = [r.image_problem for r in reports if r.image_problem]
+    if bad_images:
+        image_channel = samples[0].image_file.split("/")[0]
         problems.append(
-            f"{len(names)} mask(s) in '{channel}' hold values outside 0..{num_classes - 1} and 255 (ignore){mapping}: "
-            f"values {values} in "
-            + list_with_limit(names)
-            + f". Masks must hold class ids 0..num_classes-1 (num_classes={num_classes}); "
-            "use the label_map channel to map other pixel values, or raise num_classes"
+            f"{len(bad_images)} image(s) in '{image_channel}' cannot be used: " + list_with_limit(bad_images)
         )
+    bad_masks = [r.mask_problem for r in reports if r.mask_problem]
+    if bad_masks:
+        problems.append(f"{len(bad_masks)} mask(s) in '{channel}' cannot be used: " + list_with_limit(bad_masks))
+    bad_values = _bad_values_problem(samples, reports, label_map, num_classes, channel)
+    if bad_values:
+        problems.append(bad_values)
     if problems:
         raise ClientError("; ".join(problems))
     total = np.zeros(256, dtype=np.int64)
     for r in reports:
         total += r.histogram
     return ScanResult(count=len(reports), class_pixels=total)
+
+
+def _bad_values_problem(
+    samples: Sequence[Sample], reports: list[PairReport], label_map: LabelMap, num_classes: int, channel: str
+) -> str | None:
+    """The sentence for masks holding values that are not classes, or None. After a label map, each
+    value is given as in the file and as the class it became."""
+    files = {s.name: s.mask_file for s in samples}
+    by_value: dict[int, list[str]] = defaultdict(list)
+    for r in reports:
+        for v in r.bad_values:
+            by_value[v].append(files[r.name])
+    if not by_value:
+        return None
+    names = sorted({n for found in by_value.values() for n in found})
+    if label_map.is_identity:
+        values, mapping = ", ".join(str(v) for v in sorted(by_value)), ""
+    else:
+        values = ", ".join(f"{v} (mapped to class {int(label_map.lut[v])})" for v in sorted(by_value))
+        mapping = f" after applying the label map {label_map.describe()}"
+    return (
+        f"{len(names)} mask(s) in '{channel}' hold values outside 0..{num_classes - 1} and 255 (ignore){mapping}: "
+        f"values {values} in "
+        + list_with_limit(names)
+        + f". Masks must hold class ids 0..num_classes-1 (num_classes={num_classes}); "
+        "use the label_map channel to map other pixel values, or raise num_classes"
+    )
 
 
 def _chunks(items: list, parts: int) -> list[list]:

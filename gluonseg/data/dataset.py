@@ -90,7 +90,7 @@ class SegmentationDataset(mx.gluon.data.Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The decoded, label-mapped pair before any transform: (HxWx3 uint8, HxW uint8)."""
         sample = self.samples[index]
-        image_name, mask_name = str(sample.image_path), str(sample.mask_path)
+        image_name, mask_name = sample.image_file, sample.mask_file  # as the user knows them
         # The mask is drawn on the stored pixel grid, so EXIF rotation must not move the image off it.
         image = load_image(Path(sample.image_path), image_name, apply_exif=False)
         mask = load_mask(Path(sample.mask_path), mask_name)

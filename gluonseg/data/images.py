@@ -28,20 +28,45 @@ MASK_MODES = ("P", "L")
 FORMATS = ("JPEG", "PNG")
 
 
-def _open(source: Source, name: str) -> Image.Image:
+def _too_large(name: str, size: str = "") -> ClientError:
+    return ClientError(
+        f"{name}: the image is too large ({size or 'its header claims more pixels than the limit'}); "
+        f"a training image or mask may have at most {MAX_TRAINING_PIXELS} pixels"
+    )
+
+
+def _open_header(source: Source, name: str) -> Image.Image:
+    """The image with its header read and checked, pixels not yet decoded: JPEG or PNG, a size > 0,
+    at most MAX_TRAINING_PIXELS (the one bound for images and masks)."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL warns past MAX_IMAGE_PIXELS and raises past twice that; the bound is ours, checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS)
-            # `import gluoncv` turns this process-wide flag on; truncated files must fail, not load gray.
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
-            img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ClientError(f"{name}: image is too large (more than {MAX_TRAINING_PIXELS} pixels)") from None
+    except Image.DecompressionBombError:
+        raise _too_large(name) from None
     except FileNotFoundError:
         raise ClientError(f"{name}: file not found") from None
     except UnidentifiedImageError:
         raise ClientError(f"{name}: not a readable JPEG or PNG image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ClientError(f"{name}: cannot decode image ({exc})") from None
+    width, height = img.size
+    if width * height > MAX_TRAINING_PIXELS:
+        img.close()
+        raise _too_large(name, f"{width}x{height} pixels")
+    if width < 1 or height < 1:
+        img.close()
+        raise ClientError(f"{name}: the image header says {width}x{height} pixels")
+    return img
+
+
+def _open(source: Source, name: str) -> Image.Image:
+    img = _open_header(source, name)
+    try:
+        # `import gluoncv` turns this process-wide flag on; truncated files must fail, not load gray.
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        img.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise ClientError(f"{name}: cannot decode image ({exc})") from None
     return img
@@ -93,13 +118,7 @@ def load_mask(source: Source, name: str) -> np.ndarray:
 
 
 def image_size(source: Source, name: str) -> tuple[int, int]:
-    """(width, height) from the header only: no pixel decode."""
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS) as img:
-            return img.size
-    except FileNotFoundError:
-        raise ClientError(f"{name}: file not found") from None
-    except UnidentifiedImageError:
-        raise ClientError(f"{name}: not a readable JPEG or PNG image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ClientError(f"{name}: cannot decode image ({exc})") from None
+    """(width, height) from the header only, no pixel decode, after the checks `load_image` makes on
+    the header (format, a readable header, the pixel bound): the up-front scan's test of an image."""
+    with _open_header(source, name) as img:
+        return img.size

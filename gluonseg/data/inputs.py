@@ -51,7 +51,7 @@ def resolve_inputs(env: Environment, hp: Hyperparameters, resources: ResourceCon
     label_dir = env.channel_dir("label_map") if "label_map" in configs else None
     if label_dir is not None and not label_dir.is_dir():
         label_dir = None
-    maps = {split: load_label_map(label_dir, split) for split in SPLITS}
+    maps = {split: load_label_map(label_dir, split, hp.num_classes) for split in SPLITS}
     model_channel = env.channel_dir("model") if "model" in configs and env.channel_dir("model").is_dir() else None
 
     pipe = [name for name in PIPE_CHANNELS if name in configs and configs[name].is_pipe]
@@ -74,13 +74,18 @@ def resolve_inputs(env: Environment, hp: Hyperparameters, resources: ResourceCon
 
     required_channels_present(configs)
     samples: dict[str, list[Sample]] = {}
+    problems: list[str] = []  # both splits are checked, so one failure lists every unusable file
     for split, (image_channel, mask_channel) in SPLITS.items():
         start = time.perf_counter()
-        if multi_host and configs[image_channel].distribution == "ShardedByS3Key":
-            pairs = pair_host_shard(env.channel_dir(image_channel), env.channel_dir(mask_channel))
-        else:
-            pairs = pair_channel(env.channel_dir(image_channel), env.channel_dir(mask_channel))
-        result = scan_masks(pairs, maps[split], hp.num_classes, mask_channel)
+        try:
+            if multi_host and configs[image_channel].distribution == "ShardedByS3Key":
+                pairs = pair_host_shard(env.channel_dir(image_channel), env.channel_dir(mask_channel))
+            else:
+                pairs = pair_channel(env.channel_dir(image_channel), env.channel_dir(mask_channel))
+            result = scan_masks(pairs, maps[split], hp.num_classes, mask_channel)
+        except ClientError as exc:
+            problems.append(str(exc))
+            continue
         seconds = time.perf_counter() - start
         present = result.classes_present(hp.num_classes)
         missing = [c for c in range(hp.num_classes) if c not in present]
@@ -88,6 +93,8 @@ def resolve_inputs(env: Environment, hp: Hyperparameters, resources: ResourceCon
         if missing and split == "train":
             log.warning("train: class(es) %s never appear in the training masks; their IoU will stay 0", missing)
         samples[split] = pairs
+    if problems:
+        raise ClientError("; ".join(problems))
 
     count = len(samples["train"])
     sharded = multi_host and configs["train"].distribution == "ShardedByS3Key"  # then a host sees only its share

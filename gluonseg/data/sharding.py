@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gluonseg.data.channels import IMAGE_EXTENSIONS, MASK_EXTENSIONS, Sample, pair_channel, visible_files
+from gluonseg.data.channels import IMAGE_EXTENSIONS, MASK_EXTENSIONS, Sample, pair_channel, shown_name, visible_files
 from gluonseg.environment import ResourceConfig
 from gluonseg.errors import ClientError, list_with_limit
 
@@ -41,7 +41,7 @@ def pair_host_shard(image_dir: Path, mask_dir: Path) -> list[Sample]:
         raise ClientError(
             f"{len(lonely)} image(s) in '{image_dir.name}' (ShardedByS3Key) have no mask of the same name in "
             f"'{mask_dir.name}' on this host: "
-            + list_with_limit([str(images[k].relative_to(image_dir)) for k in lonely])
+            + list_with_limit([shown_name(image_dir, images[k]) for k in lonely])
             + ". Shard only the image channels and keep the annotation channels FullyReplicated, so every "
             "host holds the masks of its images"
         )

@@ -7,6 +7,11 @@ first capture group (spec §10.2). The definitions ship in `gluonseg/metric_defi
 - the value must start with a digit (after an optional sign), so a non-finite value, printed as
   `nan`, `inf` or `-inf`, is not published rather than published as garbage like "-".
 Values are written with 6 significant digits (`%.6g`), e.g. 0.4321, 41.2, 1e-05.
+
+After the last epoch the job writes the saved (best) model's validation scores once more, as
+`#quality_metric: host=algo-1, best epoch=K, validation mIOU <score>=...`: the same regexes read it,
+so the last value SageMaker publishes (the one automatic model tuning uses) is the model's score,
+and `best epoch=K` says it is not one more epoch.
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ def format_value(value: float) -> str:
     return f"{float(value):.6g}"
 
 
-def quality_metric_line(host: str, epoch: int, name: str, unit: str, value: float) -> str:
-    """`#quality_metric: host=algo-1, epoch=3, validation mIOU <score>=0.6543`."""
-    return f"#quality_metric: host={host}, epoch={int(epoch)}, {name} <{unit}>={format_value(value)}"
+def quality_metric_line(host: str, epoch: int, name: str, unit: str, value: float, best: bool = False) -> str:
+    """`#quality_metric: host=algo-1, epoch=3, validation mIOU <score>=0.6543` (`best epoch=3` for
+    the best model's summary)."""
+    where = f"best epoch={int(epoch)}" if best else f"epoch={int(epoch)}"
+    return f"#quality_metric: host={host}, {where}, {name} <{unit}>={format_value(value)}"
 
 
 def log_epoch_metrics(
@@ -63,6 +70,23 @@ def log_epoch_metrics(
             line = quality_metric_line(host, epoch, name, unit, values[key])
             emit(line)
             lines.append(line)
+    return lines
+
+
+def log_best_metrics(
+    logger_or_print: logging.Logger | Callable[[str], Any],
+    host: str,
+    best_epoch: int,
+    pixel_accuracy: float | None,
+    miou: float | None,
+) -> list[str]:
+    """The summary after the last epoch: the best model's validation scores, `best epoch=K`."""
+    emit = logger_or_print.info if hasattr(logger_or_print, "info") else logger_or_print
+    lines = []
+    for name, value in (("validation pixel_accuracy", pixel_accuracy), ("validation mIOU", miou)):
+        if value is not None:
+            lines.append(quality_metric_line(host, best_epoch, name, "score", value, best=True))
+            emit(lines[-1])
     return lines
 
 

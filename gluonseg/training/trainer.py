@@ -23,7 +23,7 @@ from gluonseg.training.distributed.single_host import connect
 from gluonseg.training.early_stopping import EarlyStopping
 from gluonseg.training.loop import Job, RunState, best_record, run_epochs
 from gluonseg.training.loss import SegmentationLoss
-from gluonseg.training.metrics_log import log_epoch_metrics
+from gluonseg.training.metrics_log import log_best_metrics
 from gluonseg.training.setup import (
     build_job_network,
     checkpoint_folder,
@@ -89,13 +89,10 @@ def write_outputs(job: Job) -> None:
         raise AlgorithmError(f"training ended without parameters in {job.ckpt_dir}")
     best = {"best_epoch": early.best_epoch, "best_mIOU": early.best_score, "epochs_run": state.epoch_done + 1}
     final = state.history[-1] if state.history else {}
-    log_epoch_metrics(
-        log,
-        job.host,
-        state.epoch_done,
-        pixel_accuracy=best_record(state, early).get("pixel_accuracy"),
-        miou=early.best_score,
-    )
+    if early.best_epoch is not None:  # the saved model's scores last: the value tuning reads
+        log_best_metrics(
+            log, job.host, early.best_epoch, best_record(state, early).get("pixel_accuracy"), early.best_score
+        )
     if primary:
         artifacts.finalize_model_dir(
             job.env.model_dir,

@@ -1,6 +1,7 @@
 """`make demo` in its quick form: every user command in sequence, and an honest summary."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,17 +11,31 @@ from PIL import Image
 
 def test_quick_demo_runs_every_command_and_reports_what_they_wrote(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run(
-        [sys.executable, "-m", "gluonseg.demo", "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    model_file = out / "model" / "hyperparams.json"  # written once, when training has finished
+    lines: list[tuple[str, bool]] = []  # each stdout line, and whether training had finished when it came
+    with (
+        open(tmp_path / "stderr.txt", "w") as err,
+        subprocess.Popen(
+            [sys.executable, "-m", "gluonseg.demo", "--quick", "--epochs", "2", "--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        ) as proc,
+    ):
+        for line in proc.stdout:  # read as the demo writes, not after it ends
+            lines.append((line, model_file.exists()))
+        proc.wait(timeout=600)
+    stdout = "".join(line for line, _ in lines)
+    assert proc.returncode == 0, stdout[-4000:] + (tmp_path / "stderr.txt").read_text()[-4000:]
+    # `make demo` is not silent while it trains: each epoch's line reaches the terminal as the epoch ends.
+    epochs = [(line, done) for line, done in lines if re.match(r"  epoch \d/2: train loss \S+, validation mIOU", line)]
+    assert [line.split(":")[0] for line, _ in epochs] == ["  epoch 1/2", "  epoch 2/2"]
+    assert epochs[0][1] is False, "the first epoch's line arrived only after training had ended"
+    assert re.search(r"^  best: epoch [12] \(the model saved\), validation mIOU", stdout, re.M)
     report = json.loads((out / "evaluation" / "report.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mIOU"] == report["mIOU"] and summary["pixel_accuracy"] == report["pixel_accuracy"]
-    assert f"validation mIOU:     {report['mIOU']:.4f}" in proc.stdout
+    assert f"validation mIOU:     {report['mIOU']:.4f}" in stdout
     assert summary["argmax_equals_png"] is True
     # The server ran the serving default: auto measured the backends at the first load and said what it chose.
     choice = json.loads((out / "model" / "backend-choice.json").read_text())["choice"]

@@ -225,7 +225,7 @@ def test_a_sharded_image_without_its_mask_names_the_file(tmp_path):
         (images / f"{name}.jpg").write_bytes(b"x")
     for name in ("a", "c", "d"):  # extra masks are expected: their images live on other hosts
         (masks / f"{name}.png").write_bytes(b"x")
-    with pytest.raises(ClientError, match=r"1 image\(s\) in 'train' \(ShardedByS3Key\).*b\.jpg"):
+    with pytest.raises(ClientError, match=r"1 image\(s\) in 'train' \(ShardedByS3Key\).*: train/b\.jpg\. Shard"):
         sharding.pair_host_shard(images, masks)
     (masks / "b.png").write_bytes(b"x")
     assert [s.name for s in sharding.pair_host_shard(images, masks)] == ["a", "b"]

@@ -106,6 +106,7 @@ def test_every_cli_command_in_the_readme_has_help():
         "make-dataset",
         "prepare-voc",
         "hyperparameters",
+        "algorithm-spec",
         "train",
         "evaluate",
         "predict",

@@ -49,7 +49,26 @@ def test_bad_mask_values_fail_before_any_model_is_built(tmp_path):
     assert proc.returncode == 2, proc.stderr
     text = failure(base)
     assert text.startswith("ClientError: 1 mask(s) in 'validation_annotation' hold values outside 0..2")
-    assert "values 17 in img_1" in text
+    assert "values 17 in validation_annotation/img_1.png." in text
+    assert "building" not in proc.stdout.lower()
+    assert seconds < 30
+
+
+def test_unusable_images_are_client_errors_named_under_their_channel_before_any_model(tmp_path):
+    """A header bomb in train/ used to end the job with `AlgorithmError: DecompressionBombError` (exit 1)."""
+    base = make_job(tmp_path, GOOD)
+    data = base / "input" / "data"
+    bomb = bytearray((data / "train" / "img_0.jpg").read_bytes())
+    sof = bomb.index(b"\xff\xc0")
+    bomb[sof + 5 : sof + 9] = (60000).to_bytes(2, "big") * 2  # the header claims 60000x60000 pixels
+    (data / "train" / "img_0.jpg").write_bytes(bytes(bomb))
+    (data / "validation" / "img_1.jpg").write_bytes(b"not an image at all")
+    proc, seconds = run_train(base)
+    assert proc.returncode == 2, proc.stderr
+    text = failure(base)
+    assert text.startswith("ClientError: 1 image(s) in 'train' cannot be used: train/img_0.jpg: the image is too large")
+    assert "1 image(s) in 'validation' cannot be used: validation/img_1.jpg: not a readable JPEG or PNG image" in text
+    assert "DecompressionBomb" not in text and "annotation" not in text
     assert "building" not in proc.stdout.lower()
     assert seconds < 30
 

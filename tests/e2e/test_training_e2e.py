@@ -74,6 +74,10 @@ def test_train_each_algorithm_end_to_end(tmp_path, dataset, algorithm):
     losses = [float(v) for v in re.findall(r"train loss <loss>=([-+0-9.eE]+)", log)]
     assert losses == pytest.approx([r["train_loss"] for r in history], rel=1e-4)
     assert "host=algo-1, epoch=0" in log
+    # The summary names the best epoch, and is the last value the mIOU regex reads: the saved model's.
+    best = max(range(len(history)), key=lambda i: history[i]["mIOU"])
+    assert re.search(rf"host=algo-1, best epoch={best}, validation mIOU <score>=", log)
+    assert mious[-1] == pytest.approx(history[best]["mIOU"], rel=1e-4)
 
     # Artifacts load into GluonCV's own classes and the exported graph matches the Gluon network.
     model_dir = base / "model"

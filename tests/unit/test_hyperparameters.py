@@ -1,7 +1,8 @@
 import pytest
 
+from gluonseg.docs import markdown_table, text_listing
 from gluonseg.errors import ClientError
-from gluonseg.hyperparameters import BY_NAME, SCHEMA, markdown_table, parse, text_listing
+from gluonseg.hyperparameters import BY_NAME, SCHEMA, parse
 
 REQUIRED = {"num_classes": "21", "num_training_samples": "1464"}
 
@@ -100,8 +101,12 @@ def test_optimizer_message_is_sagemakers_wording():
     ],
 )
 def test_each_range_is_enforced_and_the_message_says_the_range(name, value, accepts):
+    # The settings under which the docs use each conditional hyperparameter (Param.used_when).
+    used = {"lr_scheduler": "step", "lr_scheduler_step": "5", "optimizer": "rmsprop", "early_stopping": "True"}
+    if name in ("momentum", "weight_decay"):
+        used["optimizer"] = "sgd"
     with pytest.raises(ClientError) as err:
-        parse({**REQUIRED, name: value})
+        parse({**REQUIRED, **used, name: value})
     assert f"The value '{value}' is not valid for the '{name}' hyperparameter which accepts {accepts}" in str(err.value)
 
 
@@ -111,6 +116,8 @@ def test_boundaries_that_are_valid():
             "num_classes": "2",
             "num_training_samples": "1",
             "learning_rate": "1",
+            "optimizer": "rmsprop",
+            "early_stopping": "True",
             "gamma1": "0",
             "early_stopping_tolerance": "1",
             "crop_size": "17",
@@ -175,3 +182,109 @@ def test_generated_documentation_lists_every_name():
         assert f"`{p.name}`" in table
         assert p.name in listing
     assert "an integer between 2 and 254" in table
+
+
+def _ignored_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if " is ignored: " in r.getMessage()]
+
+
+def test_values_the_docs_ignore_are_ignored_with_one_log_line_each(caplog):
+    """AWS: lr_scheduler_step "Conditionally Required if lr_scheduler is set to step. Otherwise, ignored."
+    A tuning job's static hyperparameters often keep such leftovers; they must not fail the job."""
+    leftovers = {
+        "lr_scheduler": "poly",
+        "lr_scheduler_step": "abc",
+        "lr_scheduler_factor": "7",
+        "optimizer": "adam",
+        "momentum": "0",
+        "weight_decay": "1.5",
+        "gamma1": "-1",
+        "early_stopping": "False",
+        "early_stopping_tolerance": "2",
+        "early_stopping_patience": "0",
+        "early_stopping_min_epochs": "-4",
+    }
+    with caplog.at_level("INFO", logger="gluonseg.hyperparameters"):
+        hp = parse({**REQUIRED, **leftovers})
+    lines = _ignored_lines(caplog)
+    assert len(lines) == 8  # one per ignored value
+    assert (
+        "lr_scheduler_step='abc' is ignored: it is used only when lr_scheduler is 'step' (this job: lr_scheduler=poly)"
+        in lines
+    )
+    assert "lr_scheduler_factor='7' is ignored: it is used only when lr_scheduler is 'step'" in "\n".join(lines)
+    assert (
+        "momentum='0' is ignored: it is used only when optimizer is 'sgd' or 'nag' (this job: optimizer=adam)" in lines
+    )
+    assert "weight_decay='1.5' is ignored: it is used only when optimizer is 'sgd' or 'nag'" in "\n".join(lines)
+    assert "gamma1='-1' is ignored: it is used only when optimizer is 'rmsprop'" in "\n".join(lines)
+    for name in ("early_stopping_tolerance", "early_stopping_patience", "early_stopping_min_epochs"):
+        assert any(
+            line.startswith(f"{name}=")
+            and "used only when early_stopping is True (this job: early_stopping=False)" in line
+            for line in lines
+        ), name
+    # An invalid ignored value is replaced by the default, so nothing downstream ever sees it.
+    for name in leftovers:
+        if name not in ("lr_scheduler", "optimizer", "early_stopping"):
+            assert hp[name] == BY_NAME[name].default, name
+
+
+def test_ignored_but_valid_values_are_kept_and_logged(caplog):
+    with caplog.at_level("INFO", logger="gluonseg.hyperparameters"):
+        hp = parse({**REQUIRED, "optimizer": "adagrad", "momentum": "0.95", "lr_scheduler_step": "3, 6"})
+    assert hp.momentum == 0.95 and hp.lr_scheduler_step == (3, 6)
+    assert "momentum='0.95' is ignored: it is used only when optimizer is 'sgd' or 'nag'" in caplog.text
+    assert "lr_scheduler_step='3, 6' is ignored" in caplog.text
+
+
+def test_values_are_validated_when_the_docs_use_them_or_give_a_range_without_condition():
+    # Used: the same values fail.
+    for extra in (
+        {"lr_scheduler": "step", "lr_scheduler_step": "abc"},
+        {"lr_scheduler": "step", "lr_scheduler_step": "5", "lr_scheduler_factor": "7"},
+        {"optimizer": "nag", "momentum": "0"},
+        {"optimizer": "sgd", "weight_decay": "1.5"},
+        {"optimizer": "rmsprop", "gamma1": "-1"},
+        {"early_stopping": "True", "early_stopping_patience": "0"},
+    ):
+        name = [k for k in extra if k not in ("lr_scheduler", "optimizer", "early_stopping")][-1]
+        with pytest.raises(ClientError, match=f"is not valid for the '{name}' hyperparameter"):
+            parse({**REQUIRED, **extra})
+    # gamma2: "The momentum factor for rmsprop", with a range and no condition: validated with any optimizer.
+    with pytest.raises(ClientError, match="'gamma2' hyperparameter"):
+        parse({**REQUIRED, "optimizer": "sgd", "gamma2": "3"})
+    # The early-stopping integers: the docs' type ("integer") holds without a condition.
+    with pytest.raises(ClientError, match="'early_stopping_patience' hyperparameter"):
+        parse({**REQUIRED, "early_stopping": "False", "early_stopping_patience": "abc"})
+    # An invalid condition leaves its dependents checked as usual: every problem is reported.
+    with pytest.raises(ClientError) as err:
+        parse({**REQUIRED, "optimizer": "adadelta", "momentum": "7"})
+    assert "'momentum'" in str(err.value) and "'optimizer'" in str(err.value)
+
+
+def test_each_decision_is_written_next_to_its_source_sentence():
+    conditional = {p.name: p.used_when for p in SCHEMA if p.used_when is not None}
+    assert set(conditional) == {
+        "early_stopping_min_epochs",
+        "early_stopping_patience",
+        "early_stopping_tolerance",
+        "gamma1",
+        "lr_scheduler_factor",
+        "lr_scheduler_step",
+        "momentum",
+        "weight_decay",
+    }
+    assert "Otherwise, ignored." in conditional["lr_scheduler_step"].source
+    assert "ignores this parameter" in conditional["momentum"].source
+    assert "used only when early_stopping = True" in conditional["early_stopping_tolerance"].source
+    for cond in conditional.values():
+        assert cond.on in BY_NAME and cond.decision and cond.still_checked in ("nothing", "type")
+    assert "Ignored unless lr_scheduler is 'step'." in markdown_table()
+    assert "Ignored unless optimizer is 'sgd' or 'nag'." in text_listing()
+
+
+def test_a_saved_model_file_is_read_without_ignored_value_lines(caplog):
+    with caplog.at_level("INFO", logger="gluonseg.hyperparameters"):
+        parse({**REQUIRED, "optimizer": "adam", "momentum": "0.9"}, log_ignored=False)
+    assert not _ignored_lines(caplog)

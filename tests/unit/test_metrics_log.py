@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 import gluonseg
-from gluonseg.training.metrics_log import load_metric_definitions, log_epoch_metrics, quality_metric_line
+from gluonseg.training.metrics_log import (
+    load_metric_definitions,
+    log_best_metrics,
+    log_epoch_metrics,
+    quality_metric_line,
+)
 
 NAMES = ["train:loss", "train:throughput", "validation:pixel_accuracy", "validation:mIOU", "validation:throughput"]
 
@@ -152,3 +157,28 @@ def test_signed_and_exponent_values_parse():
         line = quality_metric_line("algo-1", 0, "train loss", "loss", value)
         assert line.endswith("=" + text)
         assert extract(line)["train:loss"] == [value]
+
+
+def test_the_best_model_summary_says_best_epoch_and_the_shipped_regexes_still_read_it():
+    """A 2-epoch job used to print `epoch=1` twice with different values; the last is the best model's."""
+    printed: list[str] = []
+    log_epoch_metrics(printed.append, "algo-1", 0, 0.9, 10.0, 0.80, 0.40, 20.0)
+    log_epoch_metrics(printed.append, "algo-1", 1, 0.8, 10.0, 0.78, 0.35, 20.0)
+    summary = log_best_metrics(printed.append, "algo-1", 0, 0.80, 0.40)
+    assert summary == [
+        "#quality_metric: host=algo-1, best epoch=0, validation pixel_accuracy <score>=0.8",
+        "#quality_metric: host=algo-1, best epoch=0, validation mIOU <score>=0.4",
+    ]
+    found = extract("\n".join(printed))
+    # The last value of each validation score (what tuning and FinalMetricDataList read) is the best model's.
+    assert found["validation:mIOU"] == [0.40, 0.35, 0.40]
+    assert found["validation:pixel_accuracy"] == [0.80, 0.78, 0.80]
+    assert found["train:loss"] == [0.9, 0.8]  # no other metric reads the summary
+    assert found["validation:throughput"] == [20.0, 20.0]
+    epoch_lines = [line for line in printed if re.search(r"host=algo-1, epoch=1,", line)]
+    assert len(epoch_lines) == 5  # epoch 1 appears once, not twice
+
+
+def test_the_readme_documents_the_summary_line():
+    readme = (Path(gluonseg.__file__).resolve().parents[1] / "README.md").read_text()
+    assert "best epoch=" in readme
