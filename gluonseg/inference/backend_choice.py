@@ -5,7 +5,8 @@ At load, each candidate (backend x precision) is built and
    generated pictures export uses) must equal MXNet FP32's on at least MIN_AGREEMENT of the pixels;
 2. timed: one warm-up call, then the median of TIMED_RUNS calls on a crop_size x crop_size input (the
    size the model was trained at; at most TIMING_MAX_SIDE a side), with the threads the worker has.
-The fastest faithful candidate is kept (MXNet FP32, the reference, always qualifies). One worker measures
+The fastest faithful candidate is built again and kept (MXNet FP32, the reference, always qualifies);
+each candidate is freed before the next is built, so measuring needs the memory of one at a time. One worker measures
 while the others wait on a lock (two measuring at once would disturb each other's timings). The measurements
 and the choice are logged and written to backend-choice.json beside the ONNX export (the model folder,
 or the cache of gluonseg.inference.onnx_cache), keyed by the CPU's model and flags, the thread count,
@@ -14,11 +15,12 @@ load on the same kind of machine reuses the choice without measuring, and any ch
 
 Candidates, in this order: MXNet FP32 (the reference); OpenVINO BF16 when the CPU has BF16 instructions;
 OpenVINO FP32; ONNX Runtime FP32; MXNet INT8 when the model folder has `gluonseg quantize`'s files (no
-calibration at load); MXNet BF16 when the CPU has BF16 instructions. A candidate that fails to build is
-logged and skipped. Load must stay inside SageMaker's 4-minute /ping window whatever the model: once
-measuring (the export included) has taken GLUONSEG_AUTO_BUDGET_S seconds (choices.MEASURE_BUDGET_S by
-default) the remaining candidates are skipped (logged, and listed in the record). The order puts those
-that were fastest on the machines measured (BENCHMARKS.md "backends") first, so a cut drops likely losers.
+calibration at load); MXNet BF16 when the CPU has BF16 instructions but no AMX (see candidates()). A candidate
+that fails to build is logged and skipped. Load must stay inside SageMaker's 4-minute /ping window whatever
+the model: once measuring (the export included) has taken GLUONSEG_AUTO_BUDGET_S seconds
+(choices.MEASURE_BUDGET_S by default) the remaining candidates are skipped (logged, and listed in the record).
+The order puts those that were fastest on the machines measured (BENCHMARKS.md "backends") first, so a cut
+drops likely losers.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ def candidates(artifact: ModelArtifact, flags: set[str]) -> list[tuple[str, str]
     found += [("openvino", "fp32"), ("onnxruntime", "fp32")]
     if (artifact.folder / INT8_SYMBOL).exists():
         found.append(("mxnet", "int8"))
-    if bf16:
+    if bf16 and "amx_bf16" not in flags:
+        # MXNet 1.9.1's oneDNN predates AMX: there its BF16 ran at 0.4-0.7x its FP32 (BENCHMARKS.md "backends"),
+        # so it cannot win, and measuring it cost the most memory (a converted graph per shape: the measuring
+        # worker peaked at 3.2 GB against FCN-R101's 1.7 GB). Where it was faster (AVX-512 BF16, no AMX) it stays.
         found.append(("mxnet", "bf16"))
     return found
 
@@ -119,7 +124,7 @@ def _measure_and_choose(
     reference_masks: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
     skipped: list[list[str]] = []
-    best: tuple[float, Network] | None = None
+    best: tuple[float, str, str] | None = None
     for backend, precision in candidates(artifact, cpu_flags()):
         if reference_masks and time.perf_counter() - start > budget:
             skipped.append([backend, precision])
@@ -139,12 +144,13 @@ def _measure_and_choose(
         seconds = _median_seconds(network, timing_input)
         rows.append({"backend": backend, "precision": precision, "seconds": seconds, "agreement": agreement})
         if agreement >= MIN_AGREEMENT and (best is None or seconds < best[0]):
-            best = (seconds, network)  # kept: building it again would double the load time
+            best = (seconds, backend, precision)
+        # Freed before the next is built, the winner too (built again below): holding it while measuring the
+        # rest added its memory to each candidate's (measured: the measuring worker peaked 1.4-2.1x higher).
         del network
         gc.collect()
     assert best is not None, "MXNet FP32, the reference, always qualifies"
-    chosen = best[1]
-    choice = (chosen.backend, chosen.precision)
+    choice = best[1:]
     record = {"key": key, "choice": list(choice), "measured": rows, "skipped": skipped, "input": [side, side]}
     record["seconds_to_choose"] = round(time.perf_counter() - start, 1)
     log.info("backend auto: measured at %dx%d on %s", side, side, key["cpu"])
@@ -168,7 +174,7 @@ def _measure_and_choose(
         record_path.write_text(json.dumps(record, indent=1))
     except OSError as exc:
         log.warning("backend auto: could not keep the choice in %s (%s)", record_path, exc)
-    return chosen
+    return make(*choice)
 
 
 def _median_seconds(network: Network, data: np.ndarray) -> float:

@@ -39,7 +39,7 @@ def test_quick_demo_runs_every_command_and_reports_what_they_wrote(tmp_path):
     assert summary["argmax_equals_png"] is True
     # The server ran the serving default: auto measured the backends at the first load and said what it chose.
     choice = json.loads((out / "model" / "backend-choice.json").read_text())["choice"]
-    assert f"server backend:      {choice[0]} {choice[1]}, loaded in " in proc.stdout
+    assert f"server backend:      {choice[0]} {choice[1]}, loaded in " in stdout
     for name in ("training_curves.png", "evaluation/confusion_matrix.png"):
         Image.open(out / name).verify()
     overlays = sorted((out / "pictures").glob("*_overlay.png"))

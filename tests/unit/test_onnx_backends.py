@@ -91,3 +91,19 @@ def test_onnx_runtime_puts_cuda_first_when_it_sees_a_gpu_and_logs_the_provider(t
     assert asked[-1] == ["CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert OnnxRuntimeNetwork(tiny_model).provider == "CPUExecutionProvider"
+
+
+def test_auto_candidates_follow_the_cpu_fastest_first(tmp_path):
+    from types import SimpleNamespace
+
+    from gluonseg.inference.backend_choice import candidates
+    from gluonseg.inference.precision import INT8_SYMBOL
+
+    artifact = SimpleNamespace(folder=tmp_path)
+    plain = [("mxnet", "fp32"), ("openvino", "fp32"), ("onnxruntime", "fp32")]
+    assert candidates(artifact, {"avx2", "avx512f"}) == plain
+    amx = {"avx512_bf16", "amx_bf16"}  # MXNet's BF16 is slower than its FP32 there: not a candidate
+    assert candidates(artifact, amx) == [("mxnet", "fp32"), ("openvino", "bf16"), *plain[1:]]
+    assert candidates(artifact, {"avx512_bf16"})[-1] == ("mxnet", "bf16")
+    (tmp_path / INT8_SYMBOL).write_text("{}")  # `gluonseg quantize` ran: its INT8 files are tried
+    assert ("mxnet", "int8") in candidates(artifact, amx)

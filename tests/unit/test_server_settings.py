@@ -38,6 +38,10 @@ def clean_env(monkeypatch):
 
 
 def test_defaults(clean_env):
+    import serve.capacity
+
+    # The worker count's memory side has its own tests; here a machine with room for a worker per core.
+    clean_env.setattr(serve.capacity, "memory_available_bytes", lambda *args: 64 << 30)
     s = ServerSettings.from_env()
     assert str(s.model_dir) == "/opt/ml/model" and s.port == 8080 and s.timeout_s == 60
     assert s.workers == cpu_count() and s.threads_per_worker * s.workers <= max(cpu_count(), s.workers)
