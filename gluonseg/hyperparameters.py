@@ -3,6 +3,10 @@
 Values arrive as strings (`hyperparameters.json` holds `{"epochs": "10"}`); framework estimators
 add a layer of JSON quotes (`'"resnet-50"'`). Every rule, default and message comes from `SCHEMA`;
 the README table and `gluonseg hyperparameters` are generated from it.
+
+Entries with `extension=True` are gluonseg's own (not in SageMaker's algorithm): parsed and worded the
+same way, listed apart, and left out of the model folder's `hyperparams.json` while at their default, so
+a job that does not set them is the built-in's.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: str  # "int" | "float" | "bool" | "choice" | "epochs"
+    kind: str  # "int" | "float" | "bool" | "choice" | "epochs" | "weights" (choices or a list of numbers)
     doc: str
     default: Any = None
     required: bool = False
@@ -31,11 +35,15 @@ class Param:
     low_open: bool = False  # True: value must be > low, else >= low
     high_open: bool = False  # True: value must be < high, else <= high
     group: str = "Training"
+    extension: bool = False  # a gluonseg extension, not one of SageMaker's hyperparameters
 
     def accepts(self) -> str:
         """What the parameter accepts, in the words SageMaker's messages use."""
         if self.kind in ("choice", "bool"):
             return "one of the following: " + ", ".join(f"'{c}'" for c in self.choices)
+        if self.kind == "weights":
+            listed = ", ".join(f"'{c}'" for c in self.choices)
+            return f"one of {listed}, or a comma-separated list of num_classes non-negative numbers, not all 0"
         if self.kind == "epochs":
             return "a comma-separated list of increasing positive integers (epochs), e.g. '10, 20'"
         noun = "an integer" if self.kind == "int" else "a number"
@@ -182,6 +190,27 @@ SCHEMA: tuple[Param, ...] = (
         low=1,
     ),
     Param("weight_decay", "float", "Weight decay (L2).", default=0.0001, low=0, low_open=True, high=1, high_open=True),
+    # -- gluonseg extensions (README: rare classes)
+    Param(
+        "class_weights",
+        "weights",
+        "Per-class weights of the pixel loss: inverse_frequency or median_frequency from the training masks "
+        "(capped at 10), or one number per class.",
+        default="none",
+        choices=("none", "inverse_frequency", "median_frequency"),
+        group="gluonseg extensions",
+        extension=True,
+    ),
+    Param(
+        "loss",
+        "choice",
+        "Pixel loss: cross_entropy, or ohem (only pixels whose true-class probability is below 0.7, "
+        "at least the hardest 1/40 of each image's).",
+        default="cross_entropy",
+        choices=("cross_entropy", "ohem"),
+        group="gluonseg extensions",
+        extension=True,
+    ),
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in SCHEMA}
@@ -258,6 +287,17 @@ def _parse_one(param: Param, raw: Any) -> Any:
         if not epochs or any(e < 1 for e in epochs) or any(b <= a for a, b in zip(epochs, epochs[1:])):
             raise ValueError(_invalid(param, raw))
         return tuple(epochs)
+    if param.kind == "weights":
+        text = str(value).strip()
+        if text in param.choices:
+            return text
+        try:
+            weights = tuple(float(p) for p in text.split(","))
+        except ValueError:
+            raise ValueError(_invalid(param, raw)) from None
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+            raise ValueError(_invalid(param, raw))
+        return weights
     # numbers
     if isinstance(value, bool):
         raise ValueError(_invalid(param, raw))
@@ -314,6 +354,13 @@ def parse(raw: Mapping[str, Any]) -> Hyperparameters:
             "The 'lr_scheduler_step' hyperparameter is required when 'lr_scheduler' is 'step'; it accepts "
             + BY_NAME["lr_scheduler_step"].accepts()
         )
+    weights, classes = values.get("class_weights"), values.get("num_classes")
+    if isinstance(weights, tuple) and classes is not None and len(weights) != classes:
+        errors.append(
+            f"The value '{_unquote(raw['class_weights'])}' is not valid for the 'class_weights' hyperparameter: "
+            f"it lists {len(weights)} weight(s) but num_classes is {classes}; it accepts "
+            + BY_NAME["class_weights"].accepts()
+        )
     if errors:
         raise ClientError("; ".join(errors) + " (caused by ValidationError)")
 
@@ -325,32 +372,47 @@ def parse(raw: Mapping[str, Any]) -> Hyperparameters:
 
 
 def typed_for_json(hp: Mapping[str, Any]) -> dict[str, Any]:
-    """Hyperparameters as plain JSON types (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()}
+    """Hyperparameters as plain JSON types (tuples become lists); extensions only where set otherwise than
+    their default, so a job without them writes the built-in's keys alone."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in hp.items()
+        if not (k in BY_NAME and BY_NAME[k].extension and v == BY_NAME[k].default)
+    }
 
 
-def groups() -> Iterable[tuple[str, list[Param]]]:
+def groups(extension: bool | None = None) -> Iterable[tuple[str, list[Param]]]:
+    """The schema by group; `extension` True or False keeps only gluonseg's or only SageMaker's."""
     seen: dict[str, list[Param]] = {}
     for p in SCHEMA:
-        seen.setdefault(p.group, []).append(p)
+        if extension is None or p.extension == extension:
+            seen.setdefault(p.group, []).append(p)
     return seen.items()
 
 
-def markdown_table() -> str:
-    """The README's hyperparameter reference, generated from SCHEMA."""
+def _markdown_rows(extension: bool) -> list[str]:
     lines = ["| Name | Group | Required | Accepts | Default | Meaning |", "| --- | --- | --- | --- | --- | --- |"]
-    for group, params in groups():
+    for group, params in groups(extension):
         for p in params:
             req = "yes" if p.required else ("when lr_scheduler=step" if p.name == "lr_scheduler_step" else "no")
             lines.append(f"| `{p.name}` | {group} | {req} | {p.accepts()} | {p.default_text()} | {p.doc} |")
+    return lines
+
+
+def markdown_table() -> str:
+    """The README's hyperparameter reference, generated from SCHEMA: SageMaker's, then gluonseg's extensions."""
+    lines = _markdown_rows(extension=False)
+    lines += ["", "**gluonseg extensions** (not in SageMaker's algorithm; a job without them is the built-in's):", ""]
+    lines += _markdown_rows(extension=True)
     return "\n".join(lines)
 
 
 def text_listing() -> str:
-    """`gluonseg hyperparameters`: the same facts for a terminal."""
+    """`gluonseg hyperparameters`: the same facts for a terminal, gluonseg's extensions last and marked."""
     out = []
-    for group, params in groups():
-        out.append(f"{group}:")
+    for group, params in [*groups(extension=False), *groups(extension=True)]:
+        marker = " (not in SageMaker's algorithm; a job without them is the built-in's)" if params[0].extension else ""
+        out.append(f"{group}{marker}:")
         for p in params:
             out.append(f"  {p.name:<28} default {p.default_text():<10} accepts {p.accepts()}")
             out.append(f"  {'':<28} {p.doc}")
