@@ -22,7 +22,7 @@ from gluonseg.data.channels import ClassPixels
 from gluonseg.errors import ClientError
 
 MAX_WEIGHT = 10.0
-RARE_SHARE = 0.01  # a class under 1% of the labelled pixels is called rare (logs, evaluate's report)
+RARE_SHARE = 0.01  # a class present but under 1% of the labelled pixels is called rare (logs, evaluate's report)
 FROM_COUNTS = ("inverse_frequency", "median_frequency")
 
 
@@ -79,7 +79,7 @@ def class_stats(
         "class_names": list(class_names),
         "pixels": None if counts is None else [int(v) for v in counts.pixels],
         "pixel_share": None if share is None else [float(v) for v in share],
-        "rare_classes": None if share is None else [i for i, v in enumerate(share) if v < RARE_SHARE],
+        "rare_classes": None if share is None else [i for i, v in enumerate(share) if 0 < v < RARE_SHARE],
         "rare_share": RARE_SHARE,
         "class_weights": list(setting) if isinstance(setting, tuple) else setting,
         "weights": None if weights is None else [float(v) for v in weights],
