@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=32)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--crop", type=int, default=96)
+    parser.add_argument("--base-size", type=int, default=None, help="base_size (default: --size)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--no-record", action="store_true", help="print only; leave BENCHMARKS.md alone")
@@ -78,7 +79,7 @@ def main() -> None:
         "num_training_samples": args.train,
         "use_pretrained_model": "False",
         "crop_size": args.crop,
-        "base_size": args.size,
+        "base_size": args.base_size or args.size,
         "epochs": args.epochs,
         "mini_batch_size": 8,
         "validation_mini_batch_size": 1,
@@ -134,7 +135,8 @@ def report(args, base: dict[str, Any], rare: list[int], stats: dict[str, Any], r
         f"FCN-ResNet-50, `use_pretrained_model=False`, `gluonseg make-dataset --classes {args.classes} "
         f"--rare {args.rare} --train {args.train} --validation {args.validation} --size {args.size}` "
         f"(rare classes {', '.join(map(str, rare))}: thin lines and small dots). Training-mask pixel share: {shares}. "
-        f"Same seed (`GLUONSEG_SEED=0`) and budget for every run: {args.epochs} epochs, crop {args.crop}, batch 8, "
+        f"Same seed (`GLUONSEG_SEED=0`) and budget for every run: {args.epochs} epochs, crop {args.crop}, "
+        f"base_size {base['base_size']}, batch 8, "
         f"adam lr 0.001, poly; validation on whole images. Only the loss differs. Hyperparameters: "
         f"`{json.dumps(base)}` plus the run's key. median_frequency's weights: [{weights}].\n\n"
         + "\n".join(rows)

@@ -13,6 +13,7 @@ import numpy as np
 from mxnet import gluon
 
 from gluonseg import artifacts
+from gluonseg.data.channels import ClassPixels
 from gluonseg.data.dataset import SegmentationDataset, make_loader
 from gluonseg.data.inputs import TrainingInputs
 from gluonseg.environment import Environment
@@ -109,7 +110,7 @@ def make_loss(hp: Hyperparameters, inputs: TrainingInputs, collective: Any) -> t
     training set's on every host (a collective step when each host scanned only its shard)."""
     counts = inputs.train_pixels
     if counts is not None and inputs.train_pixels_per_host:
-        counts = type(counts).from_stacked(collective.sum_counts("train-class-pixels", counts.stacked()))
+        counts = ClassPixels.from_stacked(collective.sum_counts("train-class-pixels", counts.stacked()))
     weights = resolve_weights(hp.class_weights, counts)
     stats = class_stats(class_names(hp.num_classes), counts, hp.class_weights, weights, hp.loss)
     for line in describe(stats):
