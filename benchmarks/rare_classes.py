@@ -29,16 +29,18 @@ RUNS = {
 TARGET_GAIN = 0.1
 
 
-def train(data: Path, model: Path, hp: dict[str, Any], threads: int) -> float:
+def start_training(data: Path, model: Path, hp: dict[str, Any], threads: int) -> subprocess.Popen:
     command = [str(Path(sys.executable).parent / "gluonseg"), "train", "--data", str(data), "--model-dir", str(model)]
     command += [f"{k}={v}" for k, v in hp.items()]
     env = {**os.environ, "GLUONSEG_SEED": "0", "OMP_NUM_THREADS": str(threads)}
-    start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        print(proc.stdout[-4000:], proc.stderr[-4000:])
+    log = open(model.parent / f"{model.name}.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def finish(proc: subprocess.Popen, model: Path) -> None:
+    if proc.wait() != 0:
+        print((model.parent / f"{model.name}.log").read_text()[-4000:])
         raise SystemExit(proc.returncode)
-    return time.perf_counter() - start
 
 
 def scores(record: dict[str, Any], rare: list[int], num_classes: int) -> dict[str, Any]:
@@ -63,7 +65,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--crop", type=int, default=96)
     parser.add_argument("--base-size", type=int, default=None, help="base_size (default: --size)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="OpenMP threads per training job")
+    parser.add_argument(
+        "--parallel", action="store_true", help="run the three jobs at once (seeded: the same scores, sooner)"
+    )
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--no-record", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
@@ -87,9 +92,20 @@ def main() -> None:
         "learning_rate": 0.001,
     }
     results = {}
+    started: dict[str, tuple[subprocess.Popen | None, float]] = {}
     for name, extra in RUNS.items():
         model = work / f"model-{name}"
-        seconds = train(data, model, {**base, **extra}, args.threads)
+        model.mkdir(parents=True, exist_ok=True)
+        proc = start_training(data, model, {**base, **extra}, args.threads)
+        started[name] = (proc, time.perf_counter())
+        if not args.parallel:
+            finish(proc, model)
+            started[name] = (None, time.perf_counter() - started[name][1])
+    for name, (proc, value) in started.items():
+        model = work / f"model-{name}"
+        if proc is not None:
+            finish(proc, model)
+        seconds = value if proc is None else time.perf_counter() - value
         history = json.loads((model / "output" / "data" / "metrics.json").read_text())
         stats = json.loads((model / "class_stats.json").read_text())
         best = max(history, key=lambda r: r["mIOU"])  # the first best epoch, as early stopping keeps it
@@ -137,7 +153,9 @@ def report(args, base: dict[str, Any], rare: list[int], stats: dict[str, Any], r
         f"(rare classes {', '.join(map(str, rare))}: thin lines and small dots). Training-mask pixel share: {shares}. "
         f"Same seed (`GLUONSEG_SEED=0`) and budget for every run: {args.epochs} epochs, crop {args.crop}, "
         f"base_size {base['base_size']}, batch 8, "
-        f"adam lr 0.001, poly; validation on whole images. Only the loss differs. Hyperparameters: "
+        f"adam lr 0.001, poly; validation on whole images; {args.threads} OpenMP thread(s) per job"
+        + (", the three jobs at once" if args.parallel else "")
+        + ". Only the loss differs. Hyperparameters: "
         f"`{json.dumps(base)}` plus the run's key. median_frequency's weights: [{weights}].\n\n"
         + "\n".join(rows)
         + "\n\nTarget (issue #16): rare-class IoU up by at least "
