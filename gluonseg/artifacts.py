@@ -8,6 +8,7 @@ Contents, drop-in with the built-in algorithm and loadable without gluonseg:
   GluonCV's `FCN` / `PSPNet` / `DeepLabV3(num_classes, backbone=..., crop_size=...)`.
 - `model-symbol.json` + `model-0000.params`: the best network exported as a symbolic graph (main
   head only, input `data` of shape (1, 3, crop_size, crop_size)), for plain MXNet and SageMaker Neo.
+- `class_stats.json`: gluonseg's; the training masks' pixel share per class and the loss's class weights.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ SYMBOL_FILE = "model-symbol.json"
 SYMBOL_PARAMS = "model-0000.params"
 META_KEY = "_gluonseg"
 FORMAT = "gluonseg-model/1"
+CLASS_STATS_FILE = "class_stats.json"
 
 
 @dataclass
@@ -214,3 +216,20 @@ def finalize_model_dir(
             f"are kept in {best_params.parent}"
         ) from None
     log.info("model written to %s", folder)
+
+
+def write_class_stats(folder: Path, stats: dict[str, Any]) -> None:
+    """`class_stats.json`: the training masks' per-class pixels and share, and the class weights used."""
+    try:
+        (folder / CLASS_STATS_FILE).write_text(json.dumps(stats, indent=1))
+    except OSError as exc:
+        raise AlgorithmError(f"Cannot write {folder / CLASS_STATS_FILE}: {exc.strerror or exc}") from None
+
+
+def read_class_stats(folder: Path) -> dict[str, Any] | None:
+    """A model folder's `class_stats.json`, or None (the built-in's folders and older gluonseg's have none)."""
+    path = folder / CLASS_STATS_FILE
+    if not path.exists():
+        return None
+    data = read_json_file(path, "class statistics file")
+    return data if isinstance(data, dict) else None

@@ -9,29 +9,40 @@ from pathlib import Path
 
 from gluonseg.hyperparameters import SCHEMA, Param
 
+EXTENSION_NOTE = "not in SageMaker's algorithm; a job without them is the built-in's"
 
-def groups() -> Iterable[tuple[str, list[Param]]]:
+
+def groups(extension: bool | None = None) -> Iterable[tuple[str, list[Param]]]:
+    """The schema by group; `extension` True or False keeps only gluonseg's or only SageMaker's."""
     seen: dict[str, list[Param]] = {}
     for p in SCHEMA:
-        seen.setdefault(p.group, []).append(p)
+        if extension is None or p.extension == extension:
+            seen.setdefault(p.group, []).append(p)
     return seen.items()
 
 
-def markdown_table() -> str:
-    """The README's hyperparameter reference, generated from SCHEMA."""
+def _markdown_rows(extension: bool) -> list[str]:
     lines = ["| Name | Group | Required | Accepts | Default | Meaning |", "| --- | --- | --- | --- | --- | --- |"]
-    for group, params in groups():
+    for group, params in groups(extension):
         for p in params:
             req = "yes" if p.required else ("when lr_scheduler=step" if p.name == "lr_scheduler_step" else "no")
             lines.append(f"| `{p.name}` | {group} | {req} | {p.accepts()} | {p.default_text()} | {p.meaning()} |")
+    return lines
+
+
+def markdown_table() -> str:
+    """The README's hyperparameter reference, generated from SCHEMA: SageMaker's, then gluonseg's extensions."""
+    lines = _markdown_rows(extension=False)
+    lines += ["", f"**gluonseg extensions** ({EXTENSION_NOTE}):", ""]
+    lines += _markdown_rows(extension=True)
     return "\n".join(lines)
 
 
 def text_listing() -> str:
-    """`gluonseg hyperparameters`: the same facts for a terminal."""
+    """`gluonseg hyperparameters`: the same facts for a terminal, gluonseg's extensions last and marked."""
     out = []
-    for group, params in groups():
-        out.append(f"{group}:")
+    for group, params in [*groups(extension=False), *groups(extension=True)]:
+        out.append(f"{group}{f' ({EXTENSION_NOTE})' if params[0].extension else ''}:")
         for p in params:
             out.append(f"  {p.name:<28} default {p.default_text():<10} accepts {p.accepts()}")
             out.append(f"  {'':<28} {p.meaning()}")

@@ -9,6 +9,10 @@ Data rules are training's: images pair with masks by relative base name (`pair_c
 is scanned before the model is loaded (`scan_masks`: unreadable files, sizes, values outside the
 classes after the label map, all named at once), and images are read on their stored pixel grid
 (EXIF orientation not applied), since that is the grid the masks are drawn on.
+
+Next to each class's IoU the report gives its share of the evaluated masks' labelled pixels and, when the
+model folder has `class_stats.json`, its share of the training masks and the loss weight it trained with.
+A class under 1% of the evaluated pixels is marked rare (`*`), in the table and on the confusion matrix.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from gluonseg.data.images import load_image, load_mask
 from gluonseg.data.label_map import MAX_LABEL_MAP_BYTES, LabelMap, parse_label_map
 from gluonseg.environment import read_json_file
 from gluonseg.metrics import ConfusionMatrix
+from gluonseg.training.class_weights import RARE_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +84,25 @@ def _unique_names(names: list[str]) -> list[str]:
     return [n if n in seen else f"{n} ({i})" for i, n in enumerate(names)]
 
 
-def build_report(cm: ConfusionMatrix, class_names: list[str], model_dir: Path, images: int, seconds: float) -> dict:
-    """The JSON-ready summary of one evaluation; IoU is null for a class in neither masks nor predictions."""
+def build_report(
+    cm: ConfusionMatrix,
+    class_names: list[str],
+    model_dir: Path,
+    images: int,
+    seconds: float,
+    class_stats: dict[str, Any] | None = None,
+) -> dict:
+    """The JSON-ready summary of one evaluation; IoU is null for a class in neither masks nor predictions.
+    `class_stats`: the model folder's `class_stats.json` (training pixel shares and weights), if any."""
     iou = cm.iou_per_class()
     keys = _unique_names(class_names)
+    true_pixels = cm.matrix.sum(axis=1)
+    share = true_pixels / max(int(true_pixels.sum()), 1)
+    stats = class_stats or {}
+
+    def per_class(values: list | None) -> dict[str, Any] | None:
+        return None if values is None or len(values) != len(keys) else dict(zip(keys, values))
+
     return {
         "model_dir": str(model_dir),
         "images": images,
@@ -92,14 +112,24 @@ def build_report(cm: ConfusionMatrix, class_names: list[str], model_dir: Path, i
         "mIOU_present_classes": None if np.isnan(cm.mean_iou_present()) else cm.mean_iou_present(),
         "class_names": list(class_names),
         "iou_per_class": {k: (None if np.isnan(v) else float(v)) for k, v in zip(keys, iou)},
+        "pixel_share_per_class": {k: float(v) for k, v in zip(keys, share)},
+        "rare_classes": [k for k, v in zip(keys, share) if 0 < v < RARE_SHARE],
+        "rare_share": RARE_SHARE,
+        "training_pixel_share_per_class": per_class(stats.get("pixel_share")),
+        "class_weights_per_class": per_class(stats.get("weights")),
         "confusion_matrix": cm.matrix.tolist(),
         "seconds": seconds,
     }
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The terminal table: overall scores, then IoU and pixel counts per class."""
+    """The terminal table: overall scores, then IoU, pixel share (evaluated masks, training masks when known),
+    the class weight trained with (when not none) and pixel counts per class; rare classes marked *."""
     names = list(report["iou_per_class"])
+    share = report.get("pixel_share_per_class") or {}
+    train_share = report.get("training_pixel_share_per_class")
+    weights = report.get("class_weights_per_class")
+    rare = set(report.get("rare_classes") or ())
     matrix = np.asarray(report["confusion_matrix"], dtype=np.int64)
     width = max([len("class")] + [len(n) for n in names])
     lines = [
@@ -108,12 +138,21 @@ def format_report(report: dict[str, Any]) -> str:
         f"pixel accuracy  {report['pixel_accuracy']:.4f}",
         f"mIOU            {report['mIOU']:.4f}  (mean over all {len(names)} classes, absent ones counting 0)",
         "",
-        f"{'id':>3}  {'class':<{width}}  {'IoU':>7}  {'true px':>10}  {'predicted px':>12}",
+        f"{'id':>3}  {'class':<{width}}  {'IoU':>7}  {'px share':>9}"
+        + (f"  {'train share':>11}" if train_share else "")
+        + (f"  {'weight':>7}" if weights else "")
+        + f"  {'true px':>10}  {'predicted px':>12}",
     ]
     for i, name in enumerate(names):
         value = report["iou_per_class"][name]
         iou = "    n/a" if value is None else f"{value:7.4f}"
-        lines.append(f"{i:>3}  {name:<{width}}  {iou}  {matrix[i].sum():>10}  {matrix[:, i].sum():>12}")
+        mark = "*" if name in rare else " "
+        line = f"{i:>3}{mark} {name:<{width}}  {iou}  {share.get(name, 0.0):9.3%}"
+        line += f"  {train_share[name]:11.3%}" if train_share else ""
+        line += f"  {weights[name]:7.3g}" if weights else ""
+        lines.append(line + f"  {matrix[i].sum():>10}  {matrix[:, i].sum():>12}")
+    if rare:
+        lines.append(f"* rare: under {report['rare_share']:.0%} of the evaluated masks' labelled pixels")
     return "\n".join(lines)
 
 
@@ -144,7 +183,7 @@ def evaluate_folder(
     """
     import json
 
-    from gluonseg.artifacts import read_model_dir
+    from gluonseg.artifacts import read_class_stats, read_model_dir
     from gluonseg.inference.loading import load_predictor
 
     model_dir, images, masks = Path(model_dir), Path(images), Path(masks)
@@ -157,7 +196,8 @@ def evaluate_folder(
     start = time.perf_counter()
     predictor = load_predictor(model_dir, **inference)
     cm = _score(predictor, samples, label_map, progress)
-    report = build_report(cm, predictor.class_names, model_dir, len(samples), time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    report = build_report(cm, predictor.class_names, model_dir, len(samples), seconds, read_class_stats(model_dir))
     if out is not None:
         from gluonseg.plots import plot_confusion_matrix
 
@@ -168,6 +208,8 @@ def evaluate_folder(
             cm.matrix,
             list(report["iou_per_class"]),
             out / CONFUSION_PLOT_FILE,
+            rare=[i for i, name in enumerate(report["iou_per_class"]) if name in report["rare_classes"]],
+            rare_share=RARE_SHARE,
             title=f"{model_dir.name}: pixel accuracy {report['pixel_accuracy']:.3f}, mIOU {report['mIOU']:.3f}",
         )
         log.info("wrote %s and %s", out / REPORT_FILE, out / CONFUSION_PLOT_FILE)

@@ -4,6 +4,10 @@ Values arrive as strings (`hyperparameters.json` holds `{"epochs": "10"}`); fram
 add a layer of JSON quotes (`'"resnet-50"'`). Every rule, default and message comes from `SCHEMA`;
 the README table and `gluonseg hyperparameters` (gluonseg.docs) and `gluonseg algorithm-spec` are
 generated from it. An entry's `used_when` quotes the docs where they make it conditional.
+
+Entries with `extension=True` are gluonseg's own (not in SageMaker's algorithm): parsed and worded the
+same way, listed apart, and left out of the model folder's `hyperparams.json` while at their default, so
+a job that does not set them is the built-in's.
 """
 
 from __future__ import annotations
@@ -11,67 +15,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from gluonseg.errors import ClientError
 from gluonseg.hyperparameter_conditions import Condition, ignore_unused
+from gluonseg.hyperparameter_param import Param
 from gluonseg.hyperparameter_values import Hyperparameters
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    kind: str  # "int" | "float" | "bool" | "choice" | "epochs"
-    doc: str
-    default: Any = None
-    required: bool = False
-    choices: tuple[str, ...] = ()
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False  # True: value must be > low, else >= low
-    high_open: bool = False  # True: value must be < high, else <= high
-    group: str = "Training"
-    used_when: Condition | None = None  # None: always used, always validated
-
-    def accepts(self) -> str:
-        """What the parameter accepts, in the words SageMaker's messages use."""
-        if self.kind in ("choice", "bool"):
-            return "one of the following: " + ", ".join(f"'{c}'" for c in self.choices)
-        if self.kind == "epochs":
-            return "a comma-separated list of increasing positive integers (epochs), e.g. '10, 20'"
-        noun = "an integer" if self.kind == "int" else "a number"
-        if self.kind == "int" and self.low == 1 and self.high is None and not self.low_open:
-            return "a positive integer"
-        if self.kind == "int" and self.low == 0 and self.high is None and not self.low_open:
-            return "a non-negative integer"
-        parts = []
-        if self.low is not None:
-            parts.append(f"greater than {_fmt(self.low)}" if self.low_open else f"at least {_fmt(self.low)}")
-        if self.high is not None:
-            parts.append(f"less than {_fmt(self.high)}" if self.high_open else f"at most {_fmt(self.high)}")
-        if self.low is not None and self.high is not None and not self.low_open and not self.high_open:
-            return f"{noun} between {_fmt(self.low)} and {_fmt(self.high)}"
-        return f"{noun} " + " and ".join(parts) if parts else noun
-
-    def meaning(self) -> str:
-        """The doc line, with when the value is ignored."""
-        if self.used_when is None:
-            return self.doc
-        return f"{self.doc} Ignored unless {self.used_when.describe()}."
-
-    def default_text(self) -> str:
-        if self.required:
-            return "required"
-        if self.default is None:
-            return "none"
-        return str(self.default)
-
-
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 BOOL = ("True", "False")
@@ -284,6 +236,27 @@ SCHEMA: tuple[Param, ...] = (
             decision="Used by sgd and nag, as momentum; ignored, even if invalid, with adam, rmsprop or adagrad.",
         ),
     ),
+    # -- gluonseg extensions (README: rare classes)
+    Param(
+        "class_weights",
+        "weights",
+        "Per-class weights of the pixel loss: inverse_frequency or median_frequency from the training masks "
+        "(capped at 10), or one number per class.",
+        default="none",
+        choices=("none", "inverse_frequency", "median_frequency"),
+        group="gluonseg extensions",
+        extension=True,
+    ),
+    Param(
+        "loss",
+        "choice",
+        "Pixel loss: cross_entropy, or ohem (only pixels whose true-class probability is below 0.7, "
+        "at least the hardest 1/40 of each image's).",
+        default="cross_entropy",
+        choices=("cross_entropy", "ohem"),
+        group="gluonseg extensions",
+        extension=True,
+    ),
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in SCHEMA}
@@ -329,6 +302,17 @@ def _parse_one(param: Param, raw: Any) -> Any:
         if not epochs or any(e < 1 for e in epochs) or any(b <= a for a, b in zip(epochs, epochs[1:])):
             raise ValueError(_invalid(param, raw))
         return tuple(epochs)
+    if param.kind == "weights":
+        text = str(value).strip()
+        if text in param.choices:
+            return text
+        try:
+            weights = tuple(float(p) for p in text.split(","))
+        except ValueError:
+            raise ValueError(_invalid(param, raw)) from None
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+            raise ValueError(_invalid(param, raw))
+        return weights
     # numbers
     if isinstance(value, bool):
         raise ValueError(_invalid(param, raw))
@@ -393,6 +377,13 @@ def parse(raw: Mapping[str, Any], log_ignored: bool = True) -> Hyperparameters:
             "The 'lr_scheduler_step' hyperparameter is required when 'lr_scheduler' is 'step'; it accepts "
             + BY_NAME["lr_scheduler_step"].accepts()
         )
+    weights, classes = values.get("class_weights"), values.get("num_classes")
+    if isinstance(weights, tuple) and classes is not None and len(weights) != classes:
+        errors["class_weights"] = (
+            f"The value '{_unquote(raw['class_weights'])}' is not valid for the 'class_weights' hyperparameter: "
+            f"it lists {len(weights)} weight(s) but num_classes is {classes}; it accepts "
+            + BY_NAME["class_weights"].accepts()
+        )
     if errors:
         raise ClientError("; ".join(errors.values()) + " (caused by ValidationError)")
 
@@ -413,5 +404,10 @@ def _type_is_right(param: Param, raw: Any) -> bool:
 
 
 def typed_for_json(hp: Mapping[str, Any]) -> dict[str, Any]:
-    """Hyperparameters as plain JSON types (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()}
+    """Hyperparameters as plain JSON types (tuples become lists); extensions only where set otherwise than
+    their default, so a job without them writes the built-in's keys alone."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in hp.items()
+        if not (k in BY_NAME and BY_NAME[k].extension and v == BY_NAME[k].default)
+    }

@@ -28,12 +28,23 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_confusion_matrix(matrix: Any, class_names: list[str], path: Path, title: str | None = None) -> None:
+RARE_COLOUR = "tab:red"
+
+
+def plot_confusion_matrix(
+    matrix: Any,
+    class_names: list[str],
+    path: Path,
+    title: str | None = None,
+    rare: list[int] | None = None,
+    rare_share: float = 0.01,
+) -> None:
     """A confusion matrix (rows: ground truth, columns: prediction) as one PNG, each row scaled to sum 1.
 
     Row normalisation makes each row read as "where did the pixels of this class go", so rare classes
     are as visible as the background. A class with no labelled pixel keeps an all-zero row. Cells carry
-    their fraction as text while the matrix is small enough to read it (up to 25 classes).
+    their fraction as text while the matrix is small enough to read it (up to 25 classes). `rare`: class
+    ids whose labels get a `*` and RARE_COLOUR, with a note saying what rare means (under `rare_share`).
     """
     import matplotlib
 
@@ -54,8 +65,16 @@ def plot_confusion_matrix(matrix: Any, class_names: list[str], path: Path, title
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class's pixels")
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
-    ax.set_xticklabels(class_names, rotation=45, ha="right")
-    ax.set_yticklabels(class_names)
+    rare = sorted(set(rare or ()))
+    labels = [f"{name} *" if i in rare else name for i, name in enumerate(class_names)]
+    ax.set_xticklabels(labels, rotation=45, ha="right")
+    ax.set_yticklabels(labels)
+    for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+        for i in rare:
+            ticks[i].set_color(RARE_COLOUR)
+            ticks[i].set_fontweight("bold")
+    if rare:
+        fig.text(0.01, 0.01, f"* rare: under {rare_share:.0%} of the labelled pixels", color=RARE_COLOUR, fontsize=9)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if title:

@@ -18,12 +18,21 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
     from gluonseg.data.synthetic import make_dataset
 
     summary = make_dataset(
-        args.out, classes=args.classes, train=args.train, validation=args.validation, size=args.size, seed=args.seed
+        args.out,
+        classes=args.classes,
+        train=args.train,
+        validation=args.validation,
+        size=args.size,
+        seed=args.seed,
+        rare=args.rare,
     )
     print(
         f"wrote {summary['train']} training and {summary['validation']} validation pairs "
         f"({summary['classes']} classes) to {args.out}"
     )
+    if summary["rare_classes"]:
+        shares = ", ".join(f"{c} {summary['pixel_share'][c]:.2%}" for c in summary["rare_classes"])
+        print(f"rare classes (share of the labelled training pixels): {shares}")
     return 0
 
 

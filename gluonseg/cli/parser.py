@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", type=int, default=12, help="validation pairs (default 12)")
     p.add_argument("--size", type=int, default=160, help="typical image side in pixels (default 160)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    p.add_argument(
+        "--rare",
+        type=int,
+        default=0,
+        help="make the last K classes rare: thin lines or small dots, each well under 1%% of the pixels (default 0)",
+    )
     p.set_defaults(func=commands.cmd_make_dataset)
 
     p = sub.add_parser("prepare-voc", help="turn VOCtrainval_11-May-2012.tar or VOCdevkit/ into the four channels")

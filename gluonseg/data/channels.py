@@ -172,12 +172,34 @@ def _scan_chunk(args: tuple[list[Sample], np.ndarray, int]) -> list[PairReport]:
 
 
 @dataclass
+class ClassPixels:
+    """Labelled-pixel counts of a set of masks per class id 0..num_classes-1 (255 excluded): the class
+    weights' input, gathered by the scan at no extra read."""
+
+    pixels: np.ndarray  # int64: pixels of the class
+    image_pixels: np.ndarray  # int64: labelled pixels of the masks that hold the class (median frequency's)
+
+    def stacked(self) -> np.ndarray:
+        """Both as one (2, num_classes) array, to be summed over hosts; `from_stacked` reverses it."""
+        return np.stack([self.pixels, self.image_pixels])
+
+    @classmethod
+    def from_stacked(cls, values: np.ndarray) -> ClassPixels:
+        values = np.asarray(values, dtype=np.int64)
+        return cls(values[0].copy(), values[1].copy())
+
+
+@dataclass
 class ScanResult:
     count: int
     class_pixels: np.ndarray  # pixels per class id after mapping, 256 bins (255 = ignore)
+    class_image_pixels: np.ndarray  # per class id: labelled pixels of the masks holding it, 256 bins
 
     def classes_present(self, num_classes: int) -> list[int]:
         return [c for c in range(num_classes) if self.class_pixels[c] > 0]
+
+    def class_counts(self, num_classes: int) -> ClassPixels:
+        return ClassPixels(self.class_pixels[:num_classes].copy(), self.class_image_pixels[:num_classes].copy())
 
 
 def scan_masks(
@@ -211,9 +233,13 @@ def scan_masks(
     if problems:
         raise ClientError("; ".join(problems))
     total = np.zeros(256, dtype=np.int64)
+    image_pixels = np.zeros(256, dtype=np.int64)
     for r in reports:
         total += r.histogram
-    return ScanResult(count=len(reports), class_pixels=total)
+        labelled = int(r.histogram.sum() - r.histogram[IGNORE])
+        image_pixels += np.where(r.histogram > 0, labelled, 0)
+    image_pixels[IGNORE] = 0
+    return ScanResult(count=len(reports), class_pixels=total, class_image_pixels=image_pixels)
 
 
 def _bad_values_problem(

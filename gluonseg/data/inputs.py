@@ -7,7 +7,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gluonseg.data.channels import SPLITS, Sample, pair_channel, required_channels_present, scan_masks
+from gluonseg.data.channels import (
+    SPLITS,
+    ClassPixels,
+    Sample,
+    pair_channel,
+    required_channels_present,
+    scan_masks,
+)
 from gluonseg.data.label_map import LabelMap, load_label_map
 from gluonseg.data.sharding import pair_host_shard, split_for_host
 from gluonseg.environment import ChannelConfig, Environment, ResourceConfig
@@ -30,6 +37,10 @@ class TrainingInputs:
     validation_samples: list[Sample] = field(default_factory=list)
     num_training_samples: int = 0
     model_channel: Path | None = None  # incremental training: folder holding the previous model.tar.gz
+    # The scan's training-mask counts (File mode); `train_pixels_per_host`: this host scanned only its own
+    # shard (ShardedByS3Key on several hosts), so the job's counts are the sum over hosts.
+    train_pixels: ClassPixels | None = None
+    train_pixels_per_host: bool = False
 
 
 def _channel_configs(env: Environment) -> dict[str, ChannelConfig]:
@@ -75,6 +86,7 @@ def resolve_inputs(env: Environment, hp: Hyperparameters, resources: ResourceCon
     required_channels_present(configs)
     samples: dict[str, list[Sample]] = {}
     problems: list[str] = []  # both splits are checked, so one failure lists every unusable file
+    train_pixels = None
     for split, (image_channel, mask_channel) in SPLITS.items():
         start = time.perf_counter()
         try:
@@ -93,6 +105,8 @@ def resolve_inputs(env: Environment, hp: Hyperparameters, resources: ResourceCon
         if missing and split == "train":
             log.warning("train: class(es) %s never appear in the training masks; their IoU will stay 0", missing)
         samples[split] = pairs
+        if split == "train":
+            train_pixels = result.class_counts(hp.num_classes)
     if problems:
         raise ClientError("; ".join(problems))
 
@@ -122,4 +136,6 @@ def resolve_inputs(env: Environment, hp: Hyperparameters, resources: ResourceCon
         samples["validation"],
         num_training_samples=len(samples["train"]),
         model_channel=model_channel,
+        train_pixels=train_pixels,
+        train_pixels_per_host=sharded,
     )

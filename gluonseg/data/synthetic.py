@@ -9,6 +9,11 @@ indexed PNGs with a 255 ("ignore") band a few pixels wide along every object out
 Every picture draws from two random streams seeded by (seed, picture number): one for the layout (size,
 shapes, classes) and one for the appearance. So a picture does not depend on the others, and
 `make_masks_only` writes the very same masks as `make_dataset` without spending time on the pictures.
+
+`rare=K` makes the last K class ids rare, for class-imbalance work: instead of shapes they are thin lines
+(a crack, a wire) or a few small dots (a lesion), drawn last, from a stream of their own, in about half
+the pictures (each picture has at least one of them), with no ignore band around them (it would cover
+them). Each rare class then holds well under 1% of the labelled pixels; `make_dataset` reports the shares.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ JPEG_QUALITY = 90
 MAX_CLASSES = 255  # ids 0..254; 255 is the ignore value
 MIN_SIZE = 32
 
-_LAYOUT, _APPEARANCE = 0, 1  # the two random streams of one picture
+_LAYOUT, _APPEARANCE, _RARE = 0, 1, 2  # the random streams of one picture
+RARE_PRESENCE = 0.5  # chance that a picture holds a given rare class (besides its guaranteed one)
 _PALETTE = voc_palette()
 
 
@@ -46,12 +52,18 @@ class Layout:
     height: int
     instances: np.ndarray  # (H, W) uint8: 0 background, j = j-th shape drawn (1-based)
     instance_classes: np.ndarray  # (n_shapes + 1,) uint8, entry 0 is the background
+    shapes: np.ndarray | None = None  # with rare objects: the instance map before they were drawn on it
 
     def mask(self) -> np.ndarray:
-        """Class ids with 255 along every instance outline (object/background and object/object)."""
+        """Class ids with 255 along every shape outline (object/background and object/object); rare objects
+        (drawn over `shapes`) keep their class everywhere."""
         mask = self.instance_classes[self.instances]
+        shapes = self.instances if self.shapes is None else self.shapes
         reach = 2 if min(self.width, self.height) >= 96 else 1  # band about 2 * reach pixels wide, straddling the edge
-        mask[_window_max(self.instances, reach) != _window_min(self.instances, reach)] = IGNORE
+        band = _window_max(shapes, reach) != _window_min(shapes, reach)
+        if self.shapes is not None:
+            band &= self.instances == self.shapes
+        mask[band] = IGNORE
         return mask
 
 
@@ -108,13 +120,14 @@ def _shape_outline(rng: np.random.Generator, kind: str, cx: float, cy: float, r:
     return [(cx + x * cos_a - y * sin_a, cy + x * sin_a + y * cos_a) for x, y in corners]
 
 
-def make_layout(seed: int, index: int, size: int, classes: int, top_class: int) -> Layout:
-    """The mask content of picture `index`; `top_class` is drawn last, so it is always visible."""
+def make_layout(seed: int, index: int, size: int, classes: int, top_class: int, rare: int = 0) -> Layout:
+    """The mask content of picture `index`; `top_class` is drawn last of the shapes, so it is always visible.
+    With `rare`, the shapes take classes 1..classes-1-rare and the rare classes' objects go on top."""
     rng = _rng(seed, index, _LAYOUT)
     width, height = _picture_size(rng, size)
     short = min(width, height)
     count = int(rng.integers(2, 6))
-    shape_classes = [int(c) for c in rng.integers(1, classes, size=count - 1)] + [top_class]
+    shape_classes = [int(c) for c in rng.integers(1, classes - rare, size=count - 1)] + [top_class]
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
     for j in range(1, count + 1):
@@ -128,8 +141,45 @@ def make_layout(seed: int, index: int, size: int, classes: int, top_class: int) 
             draw.ellipse(outline, fill=j)
         else:
             draw.polygon(outline, fill=j)
-    instance_classes = np.array([0, *shape_classes], dtype=np.uint8)
-    return Layout(width, height, np.asarray(canvas, dtype=np.uint8).copy(), instance_classes)
+    instances = np.asarray(canvas, dtype=np.uint8).copy()
+    if not rare:
+        return Layout(width, height, instances, np.array([0, *shape_classes], dtype=np.uint8))
+    rare_classes = _draw_rare(_rng(seed, index, _RARE), draw, count, classes, rare, index, width, height)
+    classes_of = np.array([0, *shape_classes, *rare_classes], dtype=np.uint8)
+    return Layout(width, height, np.asarray(canvas, dtype=np.uint8).copy(), classes_of, shapes=instances)
+
+
+def _draw_rare(
+    rng: np.random.Generator,
+    draw: ImageDraw.ImageDraw,
+    count: int,
+    classes: int,
+    rare: int,
+    index: int,
+    width: int,
+    height: int,
+) -> list[int]:
+    """Rare objects as instances count+1, ...: even rare classes thin lines, odd ones 2-4 small dots. Returns
+    their classes. Picture i always holds rare class number i mod rare."""
+    short = min(width, height)
+    drawn = []
+    for k in range(rare):
+        if k != index % rare and rng.uniform() >= RARE_PRESENCE:
+            continue
+        j = count + len(drawn) + 1
+        if k % 2 == 0:
+            length = short * rng.uniform(0.3, 0.6)
+            angle = rng.uniform(0.0, math.pi)
+            x0, y0 = rng.uniform(0.15, 0.85) * width, rng.uniform(0.15, 0.85) * height
+            end = (x0 + length * math.cos(angle), y0 + length * math.sin(angle))
+            draw.line([(x0, y0), end], fill=j, width=max(2, round(short / 64)))
+        else:
+            for _ in range(int(rng.integers(2, 5))):
+                r = max(2.0, short * rng.uniform(0.02, 0.035))
+                cx, cy = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
+                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=j)
+        drawn.append(classes - rare + k)
+    return drawn
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -212,9 +262,14 @@ def _name(index: int) -> str:
     return f"img_{index + 1:05d}"
 
 
-def _check_args(classes: int, size: int, seed: int, counts: dict[str, int]) -> None:
+def _check_args(classes: int, size: int, seed: int, counts: dict[str, int], rare: int = 0) -> None:
     if not 2 <= classes <= MAX_CLASSES:
         raise ClientError(f"classes must be between 2 and {MAX_CLASSES}, got {classes}")
+    if not 0 <= rare <= classes - 2:
+        raise ClientError(
+            f"rare must be between 0 and classes - 2 = {classes - 2} (background and one shape class stay common), "
+            f"got {rare}"
+        )
     if size < MIN_SIZE:
         raise ClientError(f"size must be at least {MIN_SIZE}, got {size}")
     if seed < 0:
@@ -225,29 +280,42 @@ def _check_args(classes: int, size: int, seed: int, counts: dict[str, int]) -> N
 
 
 def make_dataset(
-    out: Path, classes: int = 5, train: int = 40, validation: int = 12, size: int = 160, seed: int = 0
+    out: Path,
+    classes: int = 5,
+    train: int = 40,
+    validation: int = 12,
+    size: int = 160,
+    seed: int = 0,
+    rare: int = 0,
 ) -> dict[str, Any]:
     """Write train/, train_annotation/, validation/, validation_annotation/, label_map/ and classes.json.
 
     Same arguments, same bytes. Every class 1..classes-1 appears in the training set (and in the
-    validation set when it has at least classes-1 pictures): picture i's top shape has class 1 + i mod (classes-1).
+    validation set when it has at least classes-1 pictures): picture i's top shape has class
+    1 + i mod (classes-1-rare), and it holds rare class classes-rare + i mod rare. The summary's
+    `pixel_share` is each class's share of the labelled training pixels.
     """
     out = Path(out)
-    _check_args(classes, size, seed, {"train": train, "validation": validation})
-    if train < classes - 1:
-        raise ClientError(f"train must be at least classes - 1 = {classes - 1} (every class appears), got {train}")
+    _check_args(classes, size, seed, {"train": train, "validation": validation}, rare)
+    common = classes - 1 - rare
+    if train < max(common, rare):
+        raise ClientError(f"train must be at least {max(common, rare)} (every class appears in it), got {train}")
     splits = {"train": range(0, train), "validation": range(train, train + validation)}
     planned = {}
     for split, indices in splits.items():
         planned[out / split] = {f"{_name(i)}.jpg" for i in indices}
         planned[out / f"{split}_annotation"] = {f"{_name(i)}.png" for i in indices}
     prepare_output_dirs(planned)
+    train_pixels = np.zeros(256, dtype=np.int64)
     for split, indices in splits.items():
         for local, index in enumerate(indices):
-            layout = make_layout(seed, index, size, classes, top_class=1 + local % (classes - 1))
+            layout = make_layout(seed, index, size, classes, top_class=1 + local % common, rare=rare)
             picture = render_picture(layout, seed, index, classes)
             Image.fromarray(picture).save(out / split / f"{_name(index)}.jpg", format="JPEG", quality=JPEG_QUALITY)
-            save_mask(layout.mask(), out / f"{split}_annotation" / f"{_name(index)}.png")
+            mask = layout.mask()
+            save_mask(mask, out / f"{split}_annotation" / f"{_name(index)}.png")
+            if split == "train":
+                train_pixels += np.bincount(mask.ravel(), minlength=256)
     label_maps = write_scale_label_maps(out)
     names = class_names(classes)
     (out / "classes.json").write_text(json.dumps(names, indent=1) + "\n")
@@ -259,6 +327,8 @@ def make_dataset(
         "validation": validation,
         "size": size,
         "seed": seed,
+        "rare_classes": list(range(classes - rare, classes)),
+        "pixel_share": [float(v) for v in train_pixels[:classes] / max(int(train_pixels[:classes].sum()), 1)],
         "channels": {
             "train": str(out / "train"),
             "train_annotation": str(out / "train_annotation"),
@@ -271,19 +341,21 @@ def make_dataset(
     }
 
 
-def make_masks_only(out_dir: Path, count: int, size: int = 160, classes: int = 5, seed: int = 0) -> list[Path]:
+def make_masks_only(
+    out_dir: Path, count: int, size: int = 160, classes: int = 5, seed: int = 0, rare: int = 0
+) -> list[Path]:
     """Write `count` annotation PNGs (img_00001.png, ...) and nothing else, for mask-decoding benchmarks.
 
     They are byte-identical to the first `count` training masks of `make_dataset` with the same
-    size, classes and seed.
+    size, classes, seed and rare.
     """
     out_dir = Path(out_dir)
-    _check_args(classes, size, seed, {"count": count})
+    _check_args(classes, size, seed, {"count": count}, rare)
     names = [f"{_name(i)}.png" for i in range(count)]
     prepare_output_dirs({out_dir: set(names)})
     paths = []
     for index, name in enumerate(names):
-        layout = make_layout(seed, index, size, classes, top_class=1 + index % (classes - 1))
+        layout = make_layout(seed, index, size, classes, top_class=1 + index % (classes - 1 - rare), rare=rare)
         save_mask(layout.mask(), out_dir / name)
         paths.append(out_dir / name)
     return paths

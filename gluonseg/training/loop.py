@@ -57,6 +57,7 @@ class Job:
     iters: int
     seed: int | None
     host: str
+    class_stats: dict[str, Any] = field(default_factory=dict)  # class_stats.json: pixel shares, weights
     loaders: dict[str, Any] = field(default_factory=dict)
     state: RunState = field(default_factory=RunState)
     finished: bool = False  # the last epoch ran, or early stopping ended the job

@@ -13,12 +13,16 @@ import numpy as np
 from mxnet import gluon
 
 from gluonseg import artifacts
+from gluonseg.data.channels import ClassPixels
 from gluonseg.data.dataset import SegmentationDataset, make_loader
 from gluonseg.data.inputs import TrainingInputs
 from gluonseg.environment import Environment
 from gluonseg.errors import AlgorithmError, ClientError
 from gluonseg.hyperparameters import Hyperparameters
 from gluonseg.models import build_network
+from gluonseg.palette import class_names
+from gluonseg.training.class_weights import class_stats, describe, resolve_weights
+from gluonseg.training.loss import SegmentationLoss
 from gluonseg.training.schedule import make_lr_scheduler
 
 log = logging.getLogger("gluonseg.train")
@@ -98,6 +102,21 @@ def build_job_network(hp: Hyperparameters, inputs: TrainingInputs, ctxs: list[mx
         net = _build(hp, pretrained_backbone=False, **build)
         net.load_parameters(str(previous.params_path), ctx=ctxs, allow_missing=False, ignore_extra=True)
     return net
+
+
+def make_loss(hp: Hyperparameters, inputs: TrainingInputs, collective: Any) -> tuple[SegmentationLoss, dict[str, Any]]:
+    """The job's loss (class weights and OHEM as its extension hyperparameters ask; the built-in's without them)
+    and its class statistics for `class_stats.json`, logged. On several hosts the counts are the whole
+    training set's on every host (a collective step when each host scanned only its shard)."""
+    counts = inputs.train_pixels
+    if counts is not None and inputs.train_pixels_per_host:
+        counts = ClassPixels.from_stacked(collective.sum_counts("train-class-pixels", counts.stacked()))
+    weights = resolve_weights(hp.class_weights, counts)
+    stats = class_stats(class_names(hp.num_classes), counts, hp.class_weights, weights, hp.loss)
+    for line in describe(stats):
+        log.info("%s", line)
+    loss = SegmentationLoss(class_weights=None if weights is None else weights.tolist(), ohem=hp.loss == "ohem")
+    return loss, stats
 
 
 def make_trainer(hp: Hyperparameters, net: gluon.HybridBlock, iters: int, kvstore: dict[str, Any]) -> gluon.Trainer:

@@ -22,13 +22,13 @@ from gluonseg.training.checkpoint import WEIGHTS, best_params, find_checkpoint
 from gluonseg.training.distributed.single_host import connect
 from gluonseg.training.early_stopping import EarlyStopping
 from gluonseg.training.loop import Job, RunState, best_record, run_epochs
-from gluonseg.training.loss import SegmentationLoss
 from gluonseg.training.metrics_log import log_best_metrics
 from gluonseg.training.setup import (
     build_job_network,
     checkpoint_folder,
     contexts,
     make_loaders,
+    make_loss,
     make_trainer,
     reproducible_seed,
 )
@@ -41,6 +41,7 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
     ctxs = contexts()
     log.info("devices: %s", ", ".join(str(c) for c in ctxs))
     collective = connect(resources, mx.context.num_gpus())  # one host: a no-op; several: the dist KVStore
+    loss_fn, stats = make_loss(hp, inputs, collective)
     net = build_job_network(hp, inputs, ctxs)
     iters = collective.agree_iterations(inputs.num_training_samples, hp.mini_batch_size)
     job = Job(
@@ -51,7 +52,8 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
         collective=collective,
         net=net,
         trainer=make_trainer(hp, net, iters, collective.trainer_kvstore(ctxs)),
-        loss_fn=SegmentationLoss(),
+        loss_fn=loss_fn,
+        class_stats=stats,
         early=EarlyStopping.from_hyperparameters(hp),
         ckpt_dir=checkpoint_folder(env, collective.is_primary),
         iters=iters,
@@ -101,6 +103,7 @@ def write_outputs(job: Job) -> None:
             last_ckpt / WEIGHTS,
             {**best, "final_epoch_mIOU": final.get("mIOU")},
         )
+        artifacts.write_class_stats(job.env.model_dir, job.class_stats)
     write_history(job.env, state.history)
 
 

@@ -34,7 +34,7 @@ def test_schema_has_the_24_sagemaker_names_with_their_defaults():
         "validation_mini_batch_size": 16,
         "weight_decay": 0.0001,
     }
-    assert {p.name for p in SCHEMA} == set(expected)
+    assert {p.name for p in SCHEMA if not p.extension} == set(expected)
     hp = parse(REQUIRED)
     for name, default in expected.items():
         if default is not None:
@@ -288,3 +288,57 @@ def test_a_saved_model_file_is_read_without_ignored_value_lines(caplog):
     with caplog.at_level("INFO", logger="gluonseg.hyperparameters"):
         parse({**REQUIRED, "optimizer": "adam", "momentum": "0.9"}, log_ignored=False)
     assert not _ignored_lines(caplog)
+
+
+# -- gluonseg extensions: class_weights and loss
+
+
+def test_extensions_are_marked_default_to_the_built_in_and_parse():
+    assert {p.name for p in SCHEMA if p.extension} == {"class_weights", "loss"}
+    hp = parse(REQUIRED)
+    assert hp.class_weights == "none" and hp.loss == "cross_entropy"
+    for value in ("inverse_frequency", '"median_frequency"'):
+        assert parse({**REQUIRED, "class_weights": value}).class_weights == value.strip('"')
+    hp = parse({"num_classes": "3", "num_training_samples": "5", "class_weights": " 0.5, 2,0 ", "loss": "ohem"})
+    assert hp.class_weights == (0.5, 2.0, 0.0) and hp.loss == "ohem"
+
+
+@pytest.mark.parametrize("value", ["median", "1,2,x", "1,-2,3", "0,0,0", "1,nan,2", "1,inf,2", "1,,2"])
+def test_invalid_class_weights_use_the_schema_wording(value):
+    with pytest.raises(ClientError) as err:
+        parse({"num_classes": "3", "num_training_samples": "5", "class_weights": value})
+    assert (
+        f"The value '{value}' is not valid for the 'class_weights' hyperparameter which accepts one of 'none', "
+        "'inverse_frequency', 'median_frequency', or a comma-separated list of num_classes non-negative numbers, "
+        "not all 0"
+    ) in str(err.value)
+    assert err.value.failure_text().startswith("ClientError: The value")
+
+
+def test_a_weight_list_of_the_wrong_length_names_both_counts():
+    with pytest.raises(ClientError) as err:
+        parse({"num_classes": "3", "num_training_samples": "5", "class_weights": "1,2"})
+    assert "'class_weights' hyperparameter: it lists 2 weight(s) but num_classes is 3" in str(err.value)
+    assert BY_NAME["class_weights"].accepts() in str(err.value)
+
+
+def test_invalid_loss_uses_the_schema_wording():
+    with pytest.raises(ClientError) as err:
+        parse({**REQUIRED, "loss": "focal"})
+    assert (
+        "The value 'focal' is not valid for the 'loss' hyperparameter which accepts one of the following: "
+        "'cross_entropy', 'ohem'"
+    ) in str(err.value)
+
+
+def test_extensions_are_listed_apart_and_left_out_of_the_model_folder_at_their_default():
+    from gluonseg.hyperparameters import typed_for_json
+
+    table, listing = markdown_table(), text_listing()
+    sagemaker, extensions = table.split("**gluonseg extensions**")
+    assert "`class_weights`" in extensions and "`loss`" in extensions and "`class_weights`" not in sagemaker
+    assert listing.index("gluonseg extensions (not in SageMaker's algorithm") > listing.index("weight_decay")
+    assert "class_weights" not in typed_for_json(parse(REQUIRED))
+    assert "loss" not in typed_for_json(parse({**REQUIRED, "loss": "cross_entropy", "class_weights": "none"}))
+    written = typed_for_json(parse({"num_classes": "2", "num_training_samples": "1", "class_weights": "1,3"}))
+    assert written["class_weights"] == [1.0, 3.0]

@@ -146,3 +146,102 @@ def test_gluoncv_mix_loss_does_not_scale_the_aux_gradient():
         onehot[n, int(label[n, i, j]), i, j] = 1
     expected = (prob - onehot) * valid[:, None] / batch_count
     np.testing.assert_allclose(ga_half, expected, rtol=1e-5, atol=1e-7)
+
+
+# -- gluonseg extensions: class weights and OHEM (hand computations on tiny tensors)
+
+
+def two_class_logits(p_true: list[float], label: list[int]) -> np.ndarray:
+    """(1, 2, 1, W) logits whose softmax gives the true class (label) probability p_true at each pixel."""
+    logits = np.zeros((1, 2, 1, len(p_true)), dtype=np.float32)
+    for j, (p, y) in enumerate(zip(p_true, label, strict=True)):
+        logits[0, y, 0, j] = np.log(p)
+        logits[0, 1 - y, 0, j] = np.log(1 - p)
+    return logits
+
+
+def test_weighted_loss_is_the_weighted_mean_over_labelled_pixels_by_hand():
+    p_true, label = [0.9, 0.5, 0.2, 0.6], [0, 1, 1, 0]
+    logits = two_class_logits(p_true, label)
+    y = np.array([[label]], dtype=np.float32)
+    y[0, 0, 3] = IGNORE  # the 0.6 pixel does not count
+    value = SegmentationLoss(class_weights=[1.0, 3.0])(mx.nd.array(logits), mx.nd.array(y)).asnumpy()
+    # weights 1, 3, 3 on -log 0.9, -log 0.5, -log 0.2; divided by their sum, 7
+    expected = (-np.log(0.9) - 3 * np.log(0.5) - 3 * np.log(0.2)) / 7
+    np.testing.assert_allclose(value, [expected], rtol=1e-5)
+
+
+def test_weighted_gradient_and_scale_invariance():
+    main, aux, label = make_case(6)
+    weights = [0.5, 2.0, 1.0, 4.0]
+    value, gm, ga = run(SegmentationLoss(class_weights=weights), main, aux, label)
+    value10, gm10, _ = run(SegmentationLoss(class_weights=[10 * w for w in weights]), main, aux, label)
+    np.testing.assert_allclose(value, value10, rtol=1e-5)
+    np.testing.assert_allclose(gm, gm10, rtol=1e-4, atol=1e-7)
+    prob = np_softmax(main.astype(np.float64))
+    expected_value, expected_grad = np.zeros(N), np.zeros_like(prob)
+    for n in range(N):
+        pixels = [(i, j) for i in range(H) for j in range(W) if label[n, i, j] != IGNORE]
+        total = sum(weights[int(label[n, i, j])] for i, j in pixels)
+        for i, j in pixels:
+            y, w = int(label[n, i, j]), weights[int(label[n, i, j])]
+            expected_value[n] += -w * np.log(prob[n, y, i, j]) / total
+            expected_grad[n, :, i, j] = (prob[n, :, i, j] - np.eye(C)[y]) * w / total
+    np.testing.assert_allclose(gm, expected_grad, rtol=1e-4, atol=1e-7)
+    assert value[2] == 0.0 and not ga[2].any()  # nothing labelled: no loss, no gradient
+    aux_value = SegmentationLoss(class_weights=weights)(mx.nd.array(aux), mx.nd.array(label)).asnumpy()
+    np.testing.assert_allclose(value, expected_value + 0.5 * aux_value, rtol=1e-5)
+
+
+def test_weights_all_equal_give_the_plain_loss():
+    main, aux, label = make_case(7)
+    plain, gm, ga = run(SegmentationLoss(), main, aux, label)
+    ones, gm1, ga1 = run(SegmentationLoss(class_weights=[1.0] * C), main, aux, label)
+    np.testing.assert_allclose(ones, plain, rtol=1e-6)
+    np.testing.assert_allclose(gm1, gm, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(ga1, ga, rtol=1e-5, atol=1e-8)
+
+
+def test_ohem_keeps_pixels_below_the_threshold_by_hand():
+    from gluonseg.training.loss import OHEM_THRESHOLD
+
+    assert OHEM_THRESHOLD == 0.7
+    p_true, label = [0.9, 0.8, 0.6, 0.3, 0.2], [0, 1, 0, 1, 0]
+    y = np.array([[label]], dtype=np.float32)
+    y[0, 0, 4] = IGNORE  # the hardest pixel is ignored, so not mined
+    value = SegmentationLoss(ohem=True)(mx.nd.array(two_class_logits(p_true, label)), mx.nd.array(y)).asnumpy()
+    np.testing.assert_allclose(value, [(-np.log(0.6) - np.log(0.3)) / 2], rtol=1e-5)
+
+
+def test_ohem_keeps_at_least_the_hardest_fraction_by_hand():
+    from gluonseg.training.loss import OHEM_MIN_KEPT_FRACTION
+
+    assert OHEM_MIN_KEPT_FRACTION == 1 / 40
+    # 80 labelled pixels, all easy (p >= 0.75): ceil(80 / 40) = 2 hardest are kept, 0.75 and 0.76.
+    p_true = [0.75, 0.76] + [0.8 + 0.002 * k for k in range(78)]
+    label = [k % 2 for k in range(80)]
+    order = np.random.default_rng(0).permutation(80)  # position must not matter
+    logits = two_class_logits([p_true[k] for k in order], [label[k] for k in order])
+    y = np.array([[[label[k] for k in order]]], dtype=np.float32)
+    value = SegmentationLoss(ohem=True)(mx.nd.array(logits), mx.nd.array(y)).asnumpy()
+    np.testing.assert_allclose(value, [(-np.log(0.75) - np.log(0.76)) / 2], rtol=1e-5)
+    # with class weights the kept pixels are averaged with their weights: 0.75 has class 0, 0.76 class 1
+    value = SegmentationLoss(ohem=True, class_weights=[1.0, 4.0])(mx.nd.array(logits), mx.nd.array(y)).asnumpy()
+    np.testing.assert_allclose(value, [(-np.log(0.75) - 4 * np.log(0.76)) / 5], rtol=1e-5)
+
+
+def test_ohem_gradient_only_on_kept_pixels_and_each_head_mines_its_own():
+    p_main, p_aux, label = [0.9, 0.8, 0.6, 0.3], [0.5, 0.95, 0.9, 0.99], [0, 1, 0, 1]
+    main, aux = two_class_logits(p_main, label), two_class_logits(p_aux, label)
+    y = np.array([[label]], dtype=np.float32)
+    value, gm, ga = run(SegmentationLoss(ohem=True), main, aux, y)
+    np.testing.assert_allclose(value, [(-np.log(0.6) - np.log(0.3)) / 2 + 0.5 * -np.log(0.5)], rtol=1e-5)
+    assert not gm[..., :2].any() and gm[..., 2:].all()
+    assert ga[..., 0].all() and not ga[..., 1:].any()
+    # kept pixel 2 (label 0, p 0.6): d/dlogits of -log p / 2 = (softmax - onehot) / 2
+    np.testing.assert_allclose(gm[0, :, 0, 2], [(0.6 - 1) / 2, 0.4 / 2], rtol=1e-5)
+
+
+def test_negative_weights_are_refused():
+    with pytest.raises(ValueError, match="non-negative"):
+        SegmentationLoss(class_weights=[1.0, -1.0])

@@ -211,3 +211,39 @@ def test_bad_arguments_are_client_errors(tmp_path: Path, override: dict, field: 
     with pytest.raises(ClientError, match=field):
         make_dataset(tmp_path, **args)
     assert not any(tmp_path.iterdir())
+
+
+# -- rare classes (make-dataset --rare)
+
+
+def test_rare_classes_are_present_thin_unbanded_and_under_one_percent(tmp_path: Path) -> None:
+    out = tmp_path / "rare"
+    summary = make_dataset(out, classes=5, train=24, validation=4, size=128, seed=1, rare=2)
+    assert summary["rare_classes"] == [3, 4]
+    counts = np.zeros(256, dtype=np.int64)
+    near_ignore = 0
+    for path in sorted((out / "train_annotation").iterdir()):
+        mask = np.asarray(Image.open(path))
+        counts += np.bincount(mask.ravel(), minlength=256)
+        rare = np.isin(mask, [3, 4])
+        # no 255 band along a rare object: none of its pixels' 4-neighbours is ignore, unless a shape's band
+        padded = np.pad(mask == 255, 1)
+        touching = padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+        near_ignore += int((rare & touching).sum())
+    labelled = counts[:5].sum()
+    shares = counts[:5] / labelled
+    np.testing.assert_allclose(summary["pixel_share"], shares)
+    assert all(0 < shares[c] < 0.01 for c in (3, 4)), shares
+    assert all(shares[c] > 0.05 for c in (0, 1, 2)), shares
+    assert near_ignore < 0.1 * counts[[3, 4]].sum()
+    # every picture holds a rare class (picture i: class 3 + i mod 2)
+    for path in sorted((out / "train_annotation").iterdir())[:4]:
+        assert np.isin(np.asarray(Image.open(path)), [3, 4]).any()
+    masks_only = make_masks_only(tmp_path / "m", 3, size=128, classes=5, seed=1, rare=2)
+    for path in masks_only:
+        assert path.read_bytes() == (out / "train_annotation" / path.name).read_bytes()
+
+
+def test_rare_must_leave_a_common_shape_class(tmp_path: Path) -> None:
+    with pytest.raises(ClientError, match="rare must be between 0 and classes - 2 = 3"):
+        make_dataset(tmp_path / "x", classes=5, train=8, validation=2, size=64, rare=4)

@@ -349,6 +349,10 @@ class Cluster:
         total.matrix[:] = self.allreduce_int("confusion", cm.matrix)
         return total
 
+    def sum_counts(self, name: str, values: Any) -> Any:
+        """Non-negative integer counts (e.g. the training masks' class pixels) summed over every worker."""
+        return self.allreduce_int(name, values)
+
     def resume(self, ckpt_dir: Path, net: Any, trainer: Any, ctxs: Any) -> tuple[Path | None, dict[str, Any] | None]:
         """Load the first host's newest checkpoint on every worker (found there, sent through the KVStore),
         so all workers resume from the same epoch, weights and optimizer state. Returns (folder, state)."""

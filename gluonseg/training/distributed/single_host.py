@@ -30,6 +30,7 @@ class Collective(Protocol):
     def lockstep(self, batches: Iterable, steps: int, stop: Any) -> Iterable: ...
     def finish_epoch(self, net: Any, trainer: Any, ctxs: Any, epoch: int, loss: float) -> float: ...
     def sum_confusion(self, cm: Any) -> Any: ...
+    def sum_counts(self, name: str, values: Any) -> Any: ...
     def close(self) -> None: ...
 
 
@@ -65,6 +66,9 @@ class SingleHost:
 
     def sum_confusion(self, cm: Any) -> Any:
         return cm
+
+    def sum_counts(self, name: str, values: Any) -> Any:
+        return values
 
     def close(self) -> None:
         pass
