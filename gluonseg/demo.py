@@ -11,6 +11,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -101,7 +102,12 @@ def serve_and_query(model_dir: Path, image: Path, out: Path, requests_per_type: 
         probs = decode_protobuf(results["application/x-protobuf"]["payload"])
         agree = bool(np.array_equal(np.argmax(probs, axis=0), mask))
         width, height = Image.open(image).size
+        log.flush()
+        # The handler's load line says what the serving default (auto) chose on this machine.
+        load_line = r"model loaded from .* in ([\d.]+) s \(\d+ classes, (\w+) (\w+),"
+        loaded = re.search(load_line, (out / "server.log").read_text())
         return {
+            "backend": f"{loaded[2]} {loaded[3]}, loaded in {loaded[1]} s" if loaded else "unknown (see server.log)",
             "port": port,
             "results": results,
             "mask_shape": mask.shape,
@@ -211,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         f"server:              {image.name} ({served['input_size'][0]}x{served['input_size'][1]}) -> "
         f"PNG {png['median_ms']:.0f} ms median, probabilities {proto['median_ms']:.0f} ms median "
         f"({proto['bytes'] / 1e6:.1f} MB)",
+        f"server backend:      {served['backend']} (GLUONSEG_BACKEND unset: auto, measured at the first load)",
         f"protobuf argmax == PNG mask: {served['argmax_equals_png']}",
         f"pictures:            {out / 'pictures'} (masks and overlays), {out / 'evaluation'} (report.json, "
         f"confusion_matrix.png), {out / 'training_curves.png'}",

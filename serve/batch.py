@@ -19,6 +19,7 @@ from typing import Any
 from gluonseg.codecs.content_types import JPEG
 from gluonseg.codecs.decode import DEFAULT_DECODE_MAX_PIXELS
 from gluonseg.errors import ClientError, RequestError
+from gluonseg.util import available_cpus
 from serve.handler import Context, SegmentationHandler
 from serve.workers import prepare_worker_process
 
@@ -89,7 +90,7 @@ def transform_folder(
         raise ClientError(f"--input {input_dir} is not a folder")
     files = list(input_files(input_dir))
     work = [(str(f), str(output_dir / f.relative_to(input_dir)) + ".out") for f in files]
-    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    threads = max(1, available_cpus() // max(jobs, 1))  # the cores this process may use, not the machine's
     init_args = (str(model_dir), accept, content_type, decode_max_pixels, threads, inference)
     from tqdm import tqdm
 

@@ -16,6 +16,7 @@ from typing import Any
 from gluonseg.codecs.content_types import PNG, PROTOBUF, RECORDIO_PROTOBUF, check_request_type, choose_accept
 from gluonseg.codecs.decode import DEFAULT_DECODE_MAX_PIXELS, decode_image
 from gluonseg.codecs.encode import encode_response
+from gluonseg.inference.choices import serving_choice
 from gluonseg.inference.geometry import NATIVE_MAX_PIXELS  # numpy and PIL only: no MXNet before the fork
 
 log = logging.getLogger("gluonseg.serve")
@@ -28,8 +29,9 @@ class Context:
     model_dir: Path
     default_accept: str = PNG
     decode_max_pixels: int = DEFAULT_DECODE_MAX_PIXELS  # the decode bound: larger images are refused
-    backend: str = "mxnet"  # what runs the network (gluonseg.inference.loading.BACKENDS)
-    precision: str = "fp32"  # the network's precision, and where INT8 calibration images are
+    # What runs the network, as the operator set it (None: not set; see gluonseg.inference.choices.serving_choice).
+    backend: str | None = None
+    precision: str | None = None  # the network's precision; calibration_dir: where INT8 calibration images are
     calibration_dir: Path | None = None
     scale: str = "native"  # gluonseg.inference.geometry: the image at its own size, or short side = crop_size
     native_max_pixels: int = NATIVE_MAX_PIXELS  # the native-scale bound: larger images are scaled down
@@ -67,10 +69,12 @@ class SegmentationHandler:
 
         start = time.perf_counter()
         self.context = context
+        backend, precision, why = serving_choice(context.backend, context.precision)
+        log.info("backend %s, precision %s (%s)", backend, precision, why)
         self.predictor = load_predictor(
             Path(context.system_properties["model_dir"]),
-            backend=context.backend,
-            precision=context.precision,
+            backend=backend,
+            precision=precision,
             calibration_dir=context.calibration_dir,
             scale=context.scale,
             native_max_pixels=context.native_max_pixels,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gluonseg.codecs.decode import DEFAULT_DECODE_MAX_PIXELS  # a JPEG under 6 MB can declare far more
 from gluonseg.errors import ClientError
+from gluonseg.inference.choices import check_backend, check_precision, measure_budget  # no MXNet here
 from gluonseg.inference.geometry import NATIVE_MAX_PIXELS, SCALES  # numpy and PIL only: no MXNet here
 from gluonseg.util import available_cpus
 from serve.capacity import default_workers
@@ -16,8 +17,6 @@ DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT_S = 60
 DEFAULT_MAX_PAYLOAD_MB = 6
 MAX_BATCH_PAYLOAD_MB = 100  # SageMaker's ceiling for MaxPayloadInMB
-PRECISIONS = ("fp32", "int8", "bf16")  # as gluonseg.inference.precision.PRECISIONS
-BACKENDS = ("mxnet", "onnxruntime", "openvino", "auto")  # as gluonseg.inference.loading.BACKENDS
 # The nginx front (serve/nginx.conf.template). Timeouts in seconds; README "Serving stack" says why each.
 DEFAULT_QUEUE_PER_WORKER = 4  # waiting requests per worker: ~4 requests' time stays well inside 60 s
 DEFAULT_CLIENT_HEADER_TIMEOUT_S = 10  # the whole header
@@ -62,19 +61,12 @@ def _bool(value: str | None, name: str) -> bool:
     raise ClientError(f"{name} must be true or false, got {value!r}")
 
 
-def _precision(value: str | None) -> str:
-    # Checked here, not with gluonseg.inference.precision's helper: the gunicorn master must not import MXNet.
-    precision = (value or "fp32").strip().lower()
-    if precision not in PRECISIONS:
-        raise ClientError(f"GLUONSEG_PRECISION must be one of {', '.join(PRECISIONS)}, got {value!r}")
-    return precision
+def _precision(value: str | None) -> str | None:
+    return None if value is None else check_precision(value, "GLUONSEG_PRECISION")
 
 
-def _backend(value: str | None) -> str:
-    backend = (value or BACKENDS[0]).strip().lower()
-    if backend not in BACKENDS:
-        raise ClientError(f"GLUONSEG_BACKEND must be one of {', '.join(BACKENDS)}, got {value!r}")
-    return backend
+def _backend(value: str | None) -> str | None:
+    return None if value is None else check_backend(value, "GLUONSEG_BACKEND")
 
 
 def _scale(value: str | None) -> str:
@@ -95,8 +87,10 @@ class ServerSettings:
     max_payload_mb: int = DEFAULT_MAX_PAYLOAD_MB
     decode_max_pixels: int = DEFAULT_DECODE_MAX_PIXELS  # GLUONSEG_MAX_PIXELS: larger images are refused
     batch: bool = False
-    backend: str = "mxnet"  # GLUONSEG_BACKEND: mxnet | onnxruntime | openvino | auto (gluonseg.inference.loading)
-    precision: str = "fp32"  # GLUONSEG_PRECISION: fp32 | int8 | bf16 (gluonseg.inference.precision)
+    # GLUONSEG_BACKEND: mxnet | onnxruntime | openvino | auto; GLUONSEG_PRECISION: fp32 | int8 | bf16. None: not
+    # set, and the handler applies gluonseg.inference.choices.serving_choice (auto; MXNet if only a precision is set).
+    backend: str | None = None
+    precision: str | None = None
     calibration_dir: Path | None = None  # GLUONSEG_CALIBRATION_DIR: images to calibrate INT8 at load
     scale: str = SCALES[0]  # GLUONSEG_INFERENCE_SCALE: native | crop (gluonseg.inference.geometry)
     native_max_pixels: int = NATIVE_MAX_PIXELS  # GLUONSEG_NATIVE_MAX_PIXELS: larger pictures are scaled down
@@ -134,6 +128,7 @@ class ServerSettings:
             # cores // workers threads), but never more than the memory holds.
             peak = _int(_env("GLUONSEG_WORKER_MEMORY_MB"), "GLUONSEG_WORKER_MEMORY_MB", 0, low=0)
             workers, note = default_workers(cores, model_dir, native_max_pixels, peak_mb=peak or None)
+        measure_budget()  # GLUONSEG_AUTO_BUDGET_S, read by the workers: a bad value stops the start here
         batch = (_env("SAGEMAKER_BATCH") or "false").strip().lower() == "true"
         payload = _int(_env("SAGEMAKER_MAX_PAYLOAD_IN_MB"), "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB)
         return cls(

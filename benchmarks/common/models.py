@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def random_model(folder: Path, algorithm: str = "fcn", classes: int = 4, crop: int = 64) -> Path:
-    """`algorithm` on ResNet-50 with its aux head, `classes` classes, crop_size = base_size = `crop`."""
+def random_model(
+    folder: Path, algorithm: str = "fcn", classes: int = 4, crop: int = 64, backbone: str = "resnet-50"
+) -> Path:
+    """`algorithm` on `backbone` with its aux head, `classes` classes, crop_size = base_size = `crop`."""
     import mxnet as mx
 
     from gluonseg.artifacts import BEST_PARAMS, write_hyperparams
@@ -17,7 +19,7 @@ def random_model(folder: Path, algorithm: str = "fcn", classes: int = 4, crop: i
     folder.mkdir(parents=True, exist_ok=True)
     mx.random.seed(0)
     net = build_network(
-        algorithm, "resnet-50", num_classes=classes, crop_size=crop, base_size=crop, pretrained_backbone=False, aux=True
+        algorithm, backbone, num_classes=classes, crop_size=crop, base_size=crop, pretrained_backbone=False, aux=True
     )
     net(mx.nd.zeros((1, 3, crop, crop)))  # fixes every deferred shape before saving
     net.save_parameters(str(folder / BEST_PARAMS))
@@ -28,6 +30,7 @@ def random_model(folder: Path, algorithm: str = "fcn", classes: int = 4, crop: i
             "crop_size": str(crop),
             "base_size": str(crop),
             "algorithm": algorithm,
+            "backbone": backbone,
             "use_pretrained_model": "False",
         }
     )

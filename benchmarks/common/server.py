@@ -97,7 +97,12 @@ class _ServerProcess:
 
 
 class Server(_ServerProcess):
-    """The `serve` console script for `model_dir`, with `workers` gunicorn workers and extra environment."""
+    """The `serve` console script for `model_dir`, with `workers` gunicorn workers and extra environment.
+
+    GLUONSEG_BACKEND is mxnet unless given: tests and benchmarks compare against MXNet FP32, the reference,
+    and would otherwise pay auto's first-load measuring in every server. GLUONSEG_BACKEND="" (unset) starts
+    the serving default, auto.
+    """
 
     def __init__(self, model_dir: Path, workers: int = 2, **env: str) -> None:
         self.port = free_port()
@@ -110,6 +115,7 @@ class Server(_ServerProcess):
             "SAGEMAKER_BIND_TO_PORT": str(self.port),
             "GLUONSEG_BIND_HOST": "127.0.0.1",
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers),
+            "GLUONSEG_BACKEND": "mxnet",
             **env,
         }
         self.runtime = base / f"runtime-{self.port}"

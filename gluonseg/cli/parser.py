@@ -6,12 +6,17 @@ import argparse
 from pathlib import Path
 
 from gluonseg.cli import commands
+from gluonseg.inference.choices import BACKENDS, PRECISIONS
 
 DESCRIPTION = "`gluonseg`: the user's command line. Thin: parse flags, call the modules that do the work."
 
 
-def _add_inference_options(p: argparse.ArgumentParser, serve: bool = False) -> None:
-    """--backend/--precision/--calibration/--scale/--max-native-pixels, as the server's GLUONSEG_* variables."""
+def _add_inference_options(p: argparse.ArgumentParser, serve: bool = False, serving: bool = False) -> None:
+    """--backend/--precision/--calibration/--scale/--max-native-pixels, as the server's GLUONSEG_* variables.
+
+    serve: unset flags fall back to the GLUONSEG_* variables; serving (serve, transform): the backend's default is
+    the server's (gluonseg.inference.choices.serving_choice), else MXNet, the reference (evaluate, predict).
+    """
     unset = " (default: $%s, else %s)" if serve else " (default %s)"
 
     def default(var: str, value: str) -> str:
@@ -19,15 +24,16 @@ def _add_inference_options(p: argparse.ArgumentParser, serve: bool = False) -> N
 
     p.add_argument(
         "--backend",
-        choices=("mxnet", "onnxruntime", "openvino", "auto"),
+        choices=BACKENDS,
         default=None,
         help="what runs the network: mxnet (the reference), onnxruntime or openvino (the model's ONNX export, "
         "made and cached on first use), auto (each measured at load; the fastest whose masks agree with "
-        "MXNet FP32 on 99.5%% of pixels)" + default("GLUONSEG_BACKEND", "mxnet"),
+        "MXNet FP32 on 99.5%% of pixels)"
+        + default("GLUONSEG_BACKEND", "auto; mxnet when a precision is given" if serving else "mxnet"),
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "int8", "bf16"),
+        choices=PRECISIONS,
         default=None,
         help="network precision on the CPU" + default("GLUONSEG_PRECISION", "fp32"),
     )
@@ -108,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="gunicorn alone, without nginx in front: for debugging only (slow clients can then starve /ping)",
     )
-    _add_inference_options(p, serve=True)
+    _add_inference_options(p, serve=True, serving=True)
     p.set_defaults(func=commands.cmd_serve)
 
     p = sub.add_parser("transform", help="batch transform: X -> X.out for every file under a folder")
@@ -122,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--content-type", default="image/jpeg", help="the request Content-Type (default image/jpeg)")
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
-    _add_inference_options(p)
+    _add_inference_options(p, serving=True)
     p.set_defaults(func=commands.cmd_transform)
 
     p = sub.add_parser("evaluate", help="pixel accuracy, mIOU and per-class IoU of a model on images + masks")

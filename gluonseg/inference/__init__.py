@@ -7,8 +7,9 @@ Modules, each importing only those listed after it:
 - `shape_graphs`: the network's graph re-specialised to each native-scale input size.
 - `postprocess`: banded resize, softmax and argmax of logits into the answer.
 - `geometry`: the sizes, canvases and tiles the network sees for an image.
+- `choices`: the backend and precision names, and what serving runs when nothing is asked (auto).
 
-`geometry` and `postprocess` need only numpy and PIL; the others import MXNet.
+`geometry` and `postprocess` need only numpy and PIL, `choices` nothing; the others import MXNet.
 """
 
 from __future__ import annotations

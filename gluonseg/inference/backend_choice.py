@@ -4,17 +4,21 @@ At load, each candidate (backend x precision) is built and
 1. checked: its masks on the check pictures (GLUONSEG_CALIBRATION_DIR's images when given, else the
    generated pictures export uses) must equal MXNet FP32's on at least MIN_AGREEMENT of the pixels;
 2. timed: one warm-up call, then the median of TIMED_RUNS calls on a crop_size x crop_size input (the
-   size the model was trained at), with the threads the worker has.
+   size the model was trained at; at most TIMING_MAX_SIDE a side), with the threads the worker has.
 The fastest faithful candidate is kept (MXNet FP32, the reference, always qualifies). One worker measures
 while the others wait on a lock (two measuring at once would disturb each other's timings). The measurements
 and the choice are logged and written to backend-choice.json beside the ONNX export (the model folder,
 or the cache of gluonseg.inference.onnx_cache), keyed by the CPU's model and flags, the thread count,
-the parameters' SHA-256 and the library versions: a later load on the same kind of machine reuses the
-choice without measuring, and any change of key measures again.
+the parameters' SHA-256, the library versions and ONNX Runtime's providers (CUDA seen or not): a later
+load on the same kind of machine reuses the choice without measuring, and any change of key measures again.
 
-Candidates: MXNet FP32; MXNet INT8 when the model folder has `gluonseg quantize`'s files (no calibration
-at load); MXNet BF16 and OpenVINO BF16 when the CPU has BF16 instructions; ONNX Runtime FP32; OpenVINO
-FP32. A candidate that fails to build is logged and skipped.
+Candidates, in this order: MXNet FP32 (the reference); OpenVINO BF16 when the CPU has BF16 instructions;
+OpenVINO FP32; ONNX Runtime FP32; MXNet INT8 when the model folder has `gluonseg quantize`'s files (no
+calibration at load); MXNet BF16 when the CPU has BF16 instructions. A candidate that fails to build is
+logged and skipped. Load must stay inside SageMaker's 4-minute /ping window whatever the model: once
+measuring (the export included) has taken GLUONSEG_AUTO_BUDGET_S seconds (choices.MEASURE_BUDGET_S by
+default) the remaining candidates are skipped (logged, and listed in the record). The order puts those
+that were fastest on the machines measured (BENCHMARKS.md "backends") first, so a cut drops likely losers.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ import numpy as np
 
 from gluonseg.artifacts import ModelArtifact
 from gluonseg.errors import GluonsegError, error_summary
+from gluonseg.inference.choices import measure_budget
 from gluonseg.inference.geometry import native_canvas
 from gluonseg.inference.network import Network
 from gluonseg.inference.onnx_backends import threads
-from gluonseg.inference.onnx_cache import exported_model, folder_lock
+from gluonseg.inference.onnx_cache import export_folder, folder_lock
 from gluonseg.inference.onnx_export import CHECK_MAX_PIXELS, check_pictures
 from gluonseg.inference.precision import INT8_SYMBOL
 from gluonseg.util import cpu_flags, cpu_model, file_digest
@@ -46,6 +51,7 @@ CHOICE_FILE = "backend-choice.json"
 CHOICE_LOCK = ".gluonseg-choice.lock"  # not the export's lock: measuring builds networks, which may export
 MIN_AGREEMENT = 0.995
 TIMED_RUNS = 3
+TIMING_MAX_SIDE = 512  # relative speeds at 512² hold at larger sizes; a 1024² crop would cost 4x the load time
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -53,13 +59,13 @@ def candidates(artifact: ModelArtifact, flags: set[str]) -> list[tuple[str, str]
     """(backend, precision) pairs worth measuring on this machine, the reference first."""
     bf16 = any(flag in flags for flag in BF16_FLAGS)
     found = [("mxnet", "fp32")]
+    if bf16:
+        found.append(("openvino", "bf16"))
+    found += [("openvino", "fp32"), ("onnxruntime", "fp32")]
     if (artifact.folder / INT8_SYMBOL).exists():
         found.append(("mxnet", "int8"))
     if bf16:
         found.append(("mxnet", "bf16"))
-    found += [("onnxruntime", "fp32"), ("openvino", "fp32")]
-    if bf16:
-        found.append(("openvino", "bf16"))
     return found
 
 
@@ -75,6 +81,7 @@ def choice_key(artifact: ModelArtifact) -> dict[str, Any]:
         "threads": threads(),
         "params_sha256": file_digest(artifact.params_path),
         "versions": {lib.__name__: lib.__version__ for lib in (mxnet, onnxruntime, openvino)},
+        "onnxruntime_providers": onnxruntime.get_available_providers(),  # a GPU seen or not changes the race
     }
 
 
@@ -85,7 +92,7 @@ def choose_network(
 ) -> Network:
     """The fastest faithful network for this model on this machine (see the module docstring)."""
     key = choice_key(artifact)
-    record_path = exported_model(artifact).parent / CHOICE_FILE
+    record_path = export_folder(artifact) / CHOICE_FILE  # beside the export, made (if ever) while measuring
     # One worker measures while the others wait (their timings would disturb each other), then they reuse it.
     with folder_lock(record_path.parent, CHOICE_LOCK):
         cached = _read(record_path)
@@ -104,14 +111,19 @@ def _measure_and_choose(
     record_path: Path,
 ) -> Network:
     start = time.perf_counter()
+    budget = measure_budget()
     pictures = check_pictures(calibration_dir, artifact.num_classes)
     canvases = [native_canvas(picture, CHECK_MAX_PIXELS)[0] for _, picture in pictures]
-    crop = artifact.hp.crop_size
-    timing_input = np.zeros((3, crop, crop), dtype=np.float32)
+    side = min(artifact.hp.crop_size, TIMING_MAX_SIDE)
+    timing_input = np.zeros((3, side, side), dtype=np.float32)
     reference_masks: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
+    skipped: list[list[str]] = []
     best: tuple[float, Network] | None = None
     for backend, precision in candidates(artifact, cpu_flags()):
+        if reference_masks and time.perf_counter() - start > budget:
+            skipped.append([backend, precision])
+            continue
         try:
             network = make(backend, precision)
         except (GluonsegError, RuntimeError, ValueError, OSError) as exc:
@@ -133,9 +145,9 @@ def _measure_and_choose(
     assert best is not None, "MXNet FP32, the reference, always qualifies"
     chosen = best[1]
     choice = (chosen.backend, chosen.precision)
-    record = {"key": key, "choice": list(choice), "measured": rows, "input": [crop, crop]}
+    record = {"key": key, "choice": list(choice), "measured": rows, "skipped": skipped, "input": [side, side]}
     record["seconds_to_choose"] = round(time.perf_counter() - start, 1)
-    log.info("backend auto: measured at %dx%d on %s", crop, crop, key["cpu"])
+    log.info("backend auto: measured at %dx%d on %s", side, side, key["cpu"])
     for row in rows:
         log.info(
             "  %-12s %-5s %8.3f s  %7.3f%% of pixels as MXNet FP32%s",
@@ -144,6 +156,12 @@ def _measure_and_choose(
             row["seconds"],
             100 * row["agreement"],
             "" if row["agreement"] >= MIN_AGREEMENT else f"  (under {MIN_AGREEMENT:.1%}: not used)",
+        )
+    if skipped:
+        log.warning(
+            "backend auto: not measured, over the %.0f s budget (GLUONSEG_AUTO_BUDGET_S): %s",
+            budget,
+            ", ".join(" ".join(pair) for pair in skipped),
         )
     log.info("backend auto: chose %s %s in %.1f s", *choice, record["seconds_to_choose"])
     try:

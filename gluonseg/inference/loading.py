@@ -9,20 +9,17 @@ import mxnet as mx
 from mxnet import gluon
 
 from gluonseg.artifacts import ModelArtifact, read_model_dir
-from gluonseg.errors import ClientError
+from gluonseg.inference.choices import check_backend, check_precision
 from gluonseg.inference.geometry import DEFAULT_SCALE, NATIVE_MAX_PIXELS
 from gluonseg.inference.network import MXNetNetwork, Network, ShapeConverter
 from gluonseg.inference.precision import (
     DEFAULT_CALIBRATION_IMAGES,
     bfloat16_at_shape,
-    check_precision,
     network_for_precision,
 )
 from gluonseg.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("mxnet", "onnxruntime", "openvino", "auto")
 
 
 def load_predictor(
@@ -83,14 +80,6 @@ def load_predictor(
         scale=scale,
         native_max_pixels=native_max_pixels,
     )
-
-
-def check_backend(value: str, name: str = "backend") -> str:
-    """One of BACKENDS (case and spaces ignored), else a ClientError naming `name`."""
-    backend = str(value).strip().lower()
-    if backend not in BACKENDS:
-        raise ClientError(f"{name} must be one of {', '.join(BACKENDS)}, got {value!r}")
-    return backend
 
 
 def make_network(

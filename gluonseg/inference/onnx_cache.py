@@ -44,17 +44,24 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-def exported_model(artifact: ModelArtifact) -> Path:
-    """model.onnx (free shape) of the model folder's parameters, exported now if there is none yet."""
-    digest = file_digest(artifact.params_path)
+def export_folder(artifact: ModelArtifact, digest: str | None = None) -> Path:
+    """Where the model's free-shape export is, or will be made (see the module docstring); nothing exported."""
+    digest = digest or file_digest(artifact.params_path)
     folder = artifact.folder
     if _usable(folder, digest):
-        return folder / ONNX_FILE
+        return folder
     if not _writable(folder) or read_record(folder) is not None:  # read-only, or someone's fixed-shape export
         folder = cache_root() / "onnx" / digest[:16]
         folder.mkdir(parents=True, exist_ok=True)
-        if _usable(folder, digest):
-            return folder / ONNX_FILE
+    return folder
+
+
+def exported_model(artifact: ModelArtifact) -> Path:
+    """model.onnx (free shape) of the model folder's parameters, exported now if there is none yet."""
+    digest = file_digest(artifact.params_path)
+    folder = export_folder(artifact, digest)
+    if _usable(folder, digest):
+        return folder / ONNX_FILE
     with folder_lock(folder):  # another worker may be exporting: wait for it, then reuse its file
         if not _usable(folder, digest):
             log.info("no ONNX export of %s yet: exporting to %s", artifact.params_path, folder)

@@ -45,13 +45,13 @@ from mxnet import gluon
 from gluonseg.artifacts import ModelArtifact, read_model_dir, versions
 from gluonseg.data.images import load_image
 from gluonseg.errors import ClientError, error_summary
+from gluonseg.inference.choices import check_precision
 from gluonseg.inference.geometry import network_tiles
 from gluonseg.models import load_trained_network
 from gluonseg.util import cpu_flags, file_digest
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "int8", "bf16")
 INT8_PREFIX = "model-int8"
 INT8_SYMBOL = "model-int8-symbol.json"
 INT8_PARAMS = "model-int8-0000.params"
@@ -62,14 +62,6 @@ MAX_CALIBRATION_TILES = 64  # bounds memory and start-up time; naive min/max set
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 EXCLUDED_LAYERS_MATCH = ["concat"]
 BF16_FP32_OPS_EXTRA = ["Concat", "concat"]
-
-
-def check_precision(value: str, name: str = "precision") -> str:
-    """'fp32' | 'int8' | 'bf16' (case and spaces ignored), else a ClientError naming `name`."""
-    precision = str(value).strip().lower()
-    if precision not in PRECISIONS:
-        raise ClientError(f"{name} must be one of {', '.join(PRECISIONS)}, got {value!r}")
-    return precision
 
 
 def unsupported_reason(ctx: mx.Context) -> str | None:

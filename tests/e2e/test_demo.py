@@ -22,6 +22,9 @@ def test_quick_demo_runs_every_command_and_reports_what_they_wrote(tmp_path):
     assert summary["mIOU"] == report["mIOU"] and summary["pixel_accuracy"] == report["pixel_accuracy"]
     assert f"validation mIOU:     {report['mIOU']:.4f}" in proc.stdout
     assert summary["argmax_equals_png"] is True
+    # The server ran the serving default: auto measured the backends at the first load and said what it chose.
+    choice = json.loads((out / "model" / "backend-choice.json").read_text())["choice"]
+    assert f"server backend:      {choice[0]} {choice[1]}, loaded in " in proc.stdout
     for name in ("training_curves.png", "evaluation/confusion_matrix.png"):
         Image.open(out / name).verify()
     overlays = sorted((out / "pictures").glob("*_overlay.png"))

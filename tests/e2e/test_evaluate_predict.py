@@ -215,7 +215,7 @@ def test_predict_and_transform_take_the_scale_flag(tmp_path, trained_model_dir, 
         transformed = tmp_path / f"transformed-{scale}"
         proc = gluonseg(
             "transform", "--model-dir", trained_model_dir, "--input", source.parent, "--output", transformed,
-            "--accept", "application/x-protobuf", "--scale", scale,
+            "--accept", "application/x-protobuf", "--scale", scale, "--backend", "mxnet",
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         got = decode_probabilities((transformed / "wide.jpg.out").read_bytes())

@@ -19,6 +19,7 @@ import requests
 from PIL import Image
 
 from benchmarks.common.server import Server
+from gluonseg.artifacts import read_model_dir
 from gluonseg.codecs.decode import decode_image, decode_probabilities
 from gluonseg.data.transforms import normalize
 from gluonseg.errors import AlgorithmError
@@ -195,6 +196,24 @@ def test_auto_measures_chooses_keeps_and_reuses_its_choice(model_copy, monkeypat
         load_predictor(model_copy, backend="auto")
 
 
+def test_auto_skips_what_the_budget_leaves_no_time_for_and_says_so(model_copy, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="gluonseg")
+    monkeypatch.setenv("GLUONSEG_AUTO_BUDGET_S", "0")  # spent once the reference is measured
+    predictor = load_predictor(model_copy, backend="auto")
+    record = json.loads((model_copy / backend_choice.CHOICE_FILE).read_text())
+    assert [(r["backend"], r["precision"]) for r in record["measured"]] == [("mxnet", "fp32")]
+    from gluonseg.util import cpu_flags
+
+    expected = backend_choice.candidates(read_model_dir(model_copy), cpu_flags())[1:]
+    assert [tuple(pair) for pair in record["skipped"]] == expected and expected
+    assert (predictor.backend, predictor.precision) == ("mxnet", "fp32")
+    assert (
+        "not measured, over the 0 s budget (GLUONSEG_AUTO_BUDGET_S): " + ", ".join(" ".join(pair) for pair in expected)
+        in caplog.text
+    )
+    assert not (model_copy / "model.onnx").exists()  # nothing exported for candidates never built
+
+
 # -- the server
 
 
@@ -277,8 +296,8 @@ def test_symbol_export_writes_the_graph_plain_mxnet_loads(trained_model_dir, tmp
     assert net(mx.nd.zeros((1, 3, 64, 64))).shape == (1, 4, 64, 64)
 
 
-def test_two_workers_with_auto_measure_once_and_serve_the_same_choice(model_copy, generated_dataset):
-    server = Server(model_copy, workers=2, GLUONSEG_BACKEND="auto").start(timeout=600)
+def test_the_server_defaults_to_auto_two_workers_measure_once_and_serve_the_same_choice(model_copy, generated_dataset):
+    server = Server(model_copy, workers=2, GLUONSEG_BACKEND="").start(timeout=600)  # unset: the serving default
     try:
         body = jpeg(pictures(generated_dataset, 1)[0])
         answers = {
@@ -288,6 +307,7 @@ def test_two_workers_with_auto_measure_once_and_serve_the_same_choice(model_copy
     finally:
         server.stop()
     log = server.log_path.read_text()
+    assert log.count("backend auto, precision fp32 (the serving default)") == 2
     # One worker measured (holding the lock) while the other waited, then took its choice without measuring.
     assert log.count("backend auto: chose") == 1 and log.count("measured before on this machine") == 1
     assert log.count("exported ") == 1  # and one export, however many workers started

@@ -275,6 +275,8 @@ def test_gluonseg_transform_writes_what_invocations_returns(server, trained_mode
             accept,
             "--jobs",
             "2",
+            "--backend",
+            "mxnet",  # as the server fixture (benchmarks.common.server.Server pins the reference)
         ],
         capture_output=True,
         text=True,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import pytest
@@ -62,3 +64,30 @@ def test_precisions_a_backend_cannot_run_are_client_errors():
         check_backend_precision("onnxruntime", "bf16")
     with pytest.raises(ClientError, match="backend openvino runs precision fp32, bf16, not int8"):
         check_backend_precision("openvino", "int8")
+
+
+def test_onnx_runtime_puts_cuda_first_when_it_sees_a_gpu_and_logs_the_provider(tiny_model, monkeypatch, caplog):
+    # No GPU here: ONNX Runtime's provider list is faked to say what onnxruntime-gpu on a GPU machine says,
+    # and the session records what it is asked for. The CUDA run itself needs a GPU (not lent to this project).
+    import onnxruntime as ort
+
+    asked = []
+
+    class Session:
+        def __init__(self, path, options, providers):
+            asked.append(providers)
+
+        def get_providers(self):
+            return asked[-1]
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    caplog.set_level(logging.INFO, logger="gluonseg")
+    network = OnnxRuntimeNetwork(tiny_model)
+    assert asked[-1] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert network.provider == "CUDAExecutionProvider"
+    assert "on CUDAExecutionProvider" in caplog.text
+    OnnxRuntimeNetwork(tiny_model, prefer_gpu=False)
+    assert asked[-1] == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert OnnxRuntimeNetwork(tiny_model).provider == "CPUExecutionProvider"

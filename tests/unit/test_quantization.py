@@ -202,7 +202,7 @@ def test_precision_setting_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("GLUONSEG_PRECISION", raising=False)
     monkeypatch.delenv("GLUONSEG_CALIBRATION_DIR", raising=False)
     settings = ServerSettings.from_env()
-    assert settings.precision == "fp32" and settings.calibration_dir is None
+    assert settings.precision is None and settings.calibration_dir is None  # unset: serving_choice decides
     monkeypatch.setenv("GLUONSEG_PRECISION", " INT8")
     monkeypatch.setenv("GLUONSEG_CALIBRATION_DIR", str(tmp_path))
     settings = ServerSettings.from_env()

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from gluonseg.errors import ClientError
+from gluonseg.inference.choices import serving_choice
 from gluonseg.util import available_cpus as cpu_count
 from serve.app import create_app
 from serve.handler import SegmentationHandler
@@ -23,6 +24,9 @@ ENV_NAMES = [
     "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
     "SAGEMAKER_MAX_PAYLOAD_IN_MB",
     "SAGEMAKER_BATCH",
+    "GLUONSEG_BACKEND",
+    "GLUONSEG_PRECISION",
+    "GLUONSEG_AUTO_BUDGET_S",
 ]
 
 
@@ -76,7 +80,12 @@ def test_bad_values_are_named(clean_env):
 def test_flask_layer_default_accept_override_and_batch_limits(trained_model_dir):
     handler = SegmentationHandler()
     settings = ServerSettings(
-        model_dir=trained_model_dir, workers=3, default_accept="application/x-protobuf", max_payload_mb=1, batch=True
+        model_dir=trained_model_dir,
+        workers=3,
+        default_accept="application/x-protobuf",
+        max_payload_mb=1,
+        batch=True,
+        backend="mxnet",  # the Flask layer is under test, not auto's first-load measuring
     )
     client = create_app(settings, handler).test_client()
     buf = io.BytesIO()
@@ -98,7 +107,7 @@ def test_flask_layer_default_accept_override_and_batch_limits(trained_model_dir)
 
 def test_internal_faults_are_500_with_a_request_id(trained_model_dir, caplog):
     handler = SegmentationHandler()
-    client = create_app(ServerSettings(model_dir=trained_model_dir), handler).test_client()
+    client = create_app(ServerSettings(model_dir=trained_model_dir, backend="mxnet"), handler).test_client()
 
     def broken(requests):
         raise RuntimeError("boom")
@@ -121,6 +130,7 @@ def test_inference_scale_from_the_environment_reaches_the_predictor(clean_env, t
     clean_env.setenv("GLUONSEG_INFERENCE_SCALE", " Crop")
     clean_env.setenv("GLUONSEG_NATIVE_MAX_PIXELS", "5000")
     clean_env.setenv("GLUONSEG_MODEL_DIR", str(trained_model_dir))
+    clean_env.setenv("GLUONSEG_BACKEND", "mxnet")
     s = ServerSettings.from_env()
     assert s.scale == "crop" and s.native_max_pixels == 5000
     handler = SegmentationHandler()
@@ -153,21 +163,43 @@ def test_serve_flags_override_the_inference_settings_and_leave_the_decode_bound(
 
 
 def test_backend_from_the_environment_is_checked_in_the_master(clean_env):
-    clean_env.delenv("GLUONSEG_BACKEND", raising=False)
-    assert ServerSettings.from_env().backend == "mxnet"
+    assert (ServerSettings.from_env().backend, ServerSettings.from_env().precision) == (None, None)  # not set
     clean_env.setenv("GLUONSEG_BACKEND", " ONNXRuntime ")
     assert ServerSettings.from_env().backend == "onnxruntime"
     clean_env.setenv("GLUONSEG_BACKEND", "tensorrt")
     wording = "GLUONSEG_BACKEND must be one of mxnet, onnxruntime, openvino, auto, got 'tensorrt'"
     with pytest.raises(ClientError, match=wording):
         ServerSettings.from_env()
+    clean_env.delenv("GLUONSEG_BACKEND")
+    clean_env.setenv("GLUONSEG_PRECISION", "fp16")
+    with pytest.raises(ClientError, match="GLUONSEG_PRECISION must be one of fp32, int8, bf16, got 'fp16'"):
+        ServerSettings.from_env()
+    clean_env.delenv("GLUONSEG_PRECISION")
+    for bad, reason in (("soon", "a number of seconds, got 'soon'"), ("-5", "at least 0, got '-5'")):
+        clean_env.setenv("GLUONSEG_AUTO_BUDGET_S", bad)
+        with pytest.raises(ClientError, match=f"GLUONSEG_AUTO_BUDGET_S must be {reason}"):
+            ServerSettings.from_env()
 
 
-def test_the_masters_backend_list_is_the_loaders():
-    from gluonseg.inference.loading import BACKENDS, check_backend
-    from serve.settings import BACKENDS as SERVER_BACKENDS
+def test_serving_runs_auto_unless_a_backend_or_a_precision_is_set():
+    assert serving_choice(None, None) == ("auto", "fp32", "the serving default")
+    # A precision alone keeps its old meaning (MXNet at that precision): auto would drop it.
+    assert serving_choice(None, "int8")[:2] == ("mxnet", "int8")
+    assert serving_choice(None, "fp32")[:2] == ("mxnet", "fp32")
+    assert serving_choice("openvino", "bf16") == ("openvino", "bf16", "as asked")
+    assert serving_choice(" OpenVINO ", None)[:2] == ("openvino", "fp32")
+    assert serving_choice("mxnet", None)[:2] == ("mxnet", "fp32")  # GLUONSEG_BACKEND=mxnet restores the reference
+    with pytest.raises(ClientError, match="backend must be one of"):
+        serving_choice("tensorrt", None)
 
-    assert SERVER_BACKENDS == BACKENDS
-    assert check_backend(" OpenVINO") == "openvino"
-    with pytest.raises(ClientError, match="backend must be one of mxnet, onnxruntime, openvino, auto, got 'x'"):
-        check_backend("x")
+
+def test_the_cli_resolves_serve_and_transform_as_the_server_does(tmp_path):
+    from gluonseg.cli import build_parser, inference_options
+    from serve.handler import Context
+
+    # serve/transform pass only the flags given; the handler's Context resolves what is unset.
+    base = ["transform", "--model-dir", "m", "--input", "i", "--output", "o"]
+    context = Context(tmp_path, **inference_options(build_parser().parse_args(base)))
+    assert serving_choice(context.backend, context.precision)[:2] == ("auto", "fp32")
+    context = Context(tmp_path, **inference_options(build_parser().parse_args([*base, "--precision", "int8"])))
+    assert serving_choice(context.backend, context.precision)[:2] == ("mxnet", "int8")
