@@ -72,14 +72,66 @@ def with_progress(items: Iterable[T], total: int, desc: str, show_bar: bool | No
             )
 
 
+WINDOW_BAR_DELAY_S = 3.0  # a picture's own bar over its windows appears once it has taken this long
+
+
+class WindowProgress:
+    """`progress` for Predictor.predict: a tqdm bar over one picture's network windows, on a terminal only,
+    shown once the picture has taken WINDOW_BAR_DELAY_S (large pictures at slide scale); `close` after it."""
+
+    def __init__(self, show_bar: bool | None, desc: str = "windows") -> None:
+        self.show = sys.stderr.isatty() if show_bar is None else show_bar
+        self.desc = desc
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.show:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, desc=self.desc, unit="window", delay=WINDOW_BAR_DELAY_S, leave=False, position=1
+            )
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def describe_inference(predictor: Any) -> str:
+    """The scale and test-time augmentation a Predictor runs, in one line (evaluate prints it)."""
+    scale = predictor.scale
+    if scale == "slide":
+        stride = predictor.slide_stride or f"{int(predictor.slide_window * 2 / 3)}"
+        size = f"long side {predictor.slide_long_side}" if predictor.slide_long_side else "own size"
+        scale += f" ({size}, window {predictor.slide_window}, stride {stride})"
+    elif scale == "native":
+        scale += f" (up to {predictor.native_max_pixels} pixels)"
+    return f"{scale}, TTA {predictor.tta}, {predictor.backend} {predictor.precision}"
+
+
 def _unique_names(names: list[str]) -> list[str]:
     """Class names as JSON keys: a repeated name gets its class id appended, so no class is lost."""
     seen = {n for n in names if names.count(n) == 1}
     return [n if n in seen else f"{n} ({i})" for i, n in enumerate(names)]
 
 
-def build_report(cm: ConfusionMatrix, class_names: list[str], model_dir: Path, images: int, seconds: float) -> dict:
-    """The JSON-ready summary of one evaluation; IoU is null for a class in neither masks nor predictions."""
+def build_report(
+    cm: ConfusionMatrix,
+    class_names: list[str],
+    model_dir: Path,
+    images: int,
+    seconds: float,
+    inference: str = "",
+    predict_seconds: float | None = None,
+) -> dict:
+    """The JSON-ready summary of one evaluation; IoU is null for a class in neither masks nor predictions.
+
+    `inference`: the scale and TTA used (`describe_inference`); `predict_seconds`: the time spent predicting
+    (reading the pictures included, loading the model not), for the time per picture."""
     iou = cm.iou_per_class()
     keys = _unique_names(class_names)
     return {
@@ -93,6 +145,8 @@ def build_report(cm: ConfusionMatrix, class_names: list[str], model_dir: Path, i
         "iou_per_class": {k: (None if np.isnan(v) else float(v)) for k, v in zip(keys, iou)},
         "confusion_matrix": cm.matrix.tolist(),
         "seconds": seconds,
+        "inference": inference,
+        "seconds_per_image": (predict_seconds if predict_seconds is not None else seconds) / max(images, 1),
     }
 
 
@@ -104,6 +158,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"model       {report['model_dir']}",
         f"images      {report['images']} ({report['labelled_pixels']} labelled pixels, {report['seconds']:.1f} s)",
+        f"inference   {report.get('inference') or 'n/a'}",
+        f"time        {report.get('seconds_per_image', float('nan')):.3f} s per picture",
         f"pixel accuracy  {report['pixel_accuracy']:.4f}",
         f"mIOU            {report['mIOU']:.4f}  (mean over all {len(names)} classes, absent ones counting 0)",
         "",
@@ -121,7 +177,11 @@ def _score(predictor: Any, samples: list[Sample], label_map: LabelMap, progress:
     for sample in with_progress(samples, len(samples), "evaluate", progress):
         image = load_image(sample.image_path, str(sample.image_path), apply_exif=False)
         label = label_map.apply(load_mask(sample.mask_path, str(sample.mask_path)))
-        cm.update(predictor.predict(image).mask, label)
+        windows = WindowProgress(progress, sample.image_path.name)
+        try:
+            cm.update(predictor.predict(image, progress=windows).mask, label)
+        finally:
+            windows.close()
     return cm
 
 
@@ -139,7 +199,7 @@ def evaluate_folder(
     With `out`, writes OUT/report.json and OUT/confusion_matrix.png. `progress`: True for a tqdm bar,
     False for log lines, None to decide by whether stderr is a terminal. Bad data raises ClientError
     naming the files, before the model is loaded. `inference`: load_predictor's backend, precision,
-    calibration_dir, scale, native_max_pixels.
+    calibration_dir, scale, native_max_pixels, slide_*, tta.
     """
     import json
 
@@ -155,8 +215,18 @@ def evaluate_folder(
 
     start = time.perf_counter()
     predictor = load_predictor(model_dir, **inference)
+    loaded = time.perf_counter()
     cm = _score(predictor, samples, label_map, progress)
-    report = build_report(cm, predictor.class_names, model_dir, len(samples), time.perf_counter() - start)
+    end = time.perf_counter()
+    report = build_report(
+        cm,
+        predictor.class_names,
+        model_dir,
+        len(samples),
+        end - start,
+        inference=describe_inference(predictor),
+        predict_seconds=end - loaded,
+    )
     if out is not None:
         from gluonseg.plots import plot_confusion_matrix
 

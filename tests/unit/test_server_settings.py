@@ -137,7 +137,7 @@ def test_inference_scale_from_the_environment_reaches_the_predictor(clean_env, t
     create_app(s, handler)
     assert handler.predictor.scale == "crop" and handler.predictor.native_max_pixels == 5000
     clean_env.setenv("GLUONSEG_INFERENCE_SCALE", "whole")
-    with pytest.raises(ClientError, match="GLUONSEG_INFERENCE_SCALE must be one of native, crop, got 'whole'"):
+    with pytest.raises(ClientError, match="GLUONSEG_INFERENCE_SCALE must be one of native, crop, slide, got 'whole'"):
         ServerSettings.from_env()
     clean_env.setenv("GLUONSEG_INFERENCE_SCALE", "native")
     clean_env.setenv("GLUONSEG_NATIVE_MAX_PIXELS", "0")
