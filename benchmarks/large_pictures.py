@@ -195,6 +195,12 @@ request (the largest picture so far on that worker).
 | --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(serving)}
 
+The native server started first and made the model's ONNX export in its worker (MXNet's memory stays in
+its RSS); the slide server found the export, hence its lower loaded RSS. At 100 MP the largest parts of the
+peak are the decoded picture (300 MB as numpy, 400 MB more in PIL while it decodes), the mask (100 MB, and
+100 MB for its PNG image) and the band of one row of windows (21 x 512 x 12,000 x 4 B = 516 MB); a window of
+256 halves the band. The (21, 8400, 12000) float32 logits alone would be 8.5 GB.
+
 **A large picture of small objects** (in-process, {args.backend} {args.precision}): 300 generated validation
 pictures at 200x200 (the scale the model was trained at) tiled into 4000x3000; the trained FCN-ResNet-50 of the
 other sections (crop 128, 5 classes). Native scale runs it at 1 MP (each object shrinks 3.5x), slide at full
