@@ -96,7 +96,7 @@ class SegmentationHandler:
         self.load_seconds = time.perf_counter() - start
         self.initialized = True
         log.info(
-            "model loaded from %s in %.1f s (%d classes, %s %s, %s scale, TTA %s)",
+            "model loaded from %s in %.1f s (%d classes, %s %s, %s scale), TTA %s",
             context.model_dir,
             self.load_seconds,
             self.predictor.num_classes,

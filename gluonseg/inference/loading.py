@@ -64,7 +64,7 @@ def load_predictor(
     else:
         network = make(backend, precision)
     log.info(
-        "loaded %s (%s on %s, %d classes, crop %d, %s %s, %s scale, TTA %s)",
+        "loaded %s (%s on %s, %d classes, crop %d, %s %s, %s scale), TTA %s",
         artifact.params_path,
         hp.algorithm,
         hp.backbone,
