@@ -117,3 +117,7 @@ class UnsupportedContentType(RequestError):
 
 class NotAcceptable(RequestError):
     """No response type the codecs encode satisfies the Accept header (or the configured default)."""
+
+
+class ProbabilitiesTooLarge(RequestTooLarge):
+    """The class probabilities asked for would pass the configured bound (GLUONSEG_MAX_PROBABILITIES_MB)."""

@@ -78,6 +78,47 @@ def with_progress(items: Iterable[T], total: int, desc: str, show_bar: bool | No
             )
 
 
+WINDOW_BAR_DELAY_S = 3.0  # a picture's own bar over its windows appears once it has taken this long
+
+
+class WindowProgress:
+    """`progress` for Predictor.predict: a tqdm bar over one picture's network windows, on a terminal only,
+    shown once the picture has taken WINDOW_BAR_DELAY_S (large pictures at slide scale); `close` after it."""
+
+    def __init__(self, show_bar: bool | None, desc: str = "windows") -> None:
+        self.show = sys.stderr.isatty() if show_bar is None else show_bar
+        self.desc = desc
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.show:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, desc=self.desc, unit="window", delay=WINDOW_BAR_DELAY_S, leave=False, position=1
+            )
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def describe_inference(predictor: Any) -> str:
+    """The scale and test-time augmentation a Predictor runs, in one line (evaluate prints it)."""
+    scale = predictor.scale
+    if scale == "slide":
+        stride = predictor.slide_stride or f"{int(predictor.slide_window * 2 / 3)}"
+        size = f"long side {predictor.slide_long_side}" if predictor.slide_long_side else "own size"
+        scale += f" ({size}, window {predictor.slide_window}, stride {stride})"
+    elif scale == "native":
+        scale += f" (up to {predictor.native_max_pixels} pixels)"
+    return f"{scale}, TTA {predictor.tta}, {predictor.backend} {predictor.precision}"
+
+
 def _unique_names(names: list[str]) -> list[str]:
     """Class names as JSON keys: a repeated name gets its class id appended, so no class is lost."""
     seen = {n for n in names if names.count(n) == 1}
@@ -91,9 +132,14 @@ def build_report(
     images: int,
     seconds: float,
     class_stats: dict[str, Any] | None = None,
+    inference: str = "",
+    predict_seconds: float | None = None,
 ) -> dict:
     """The JSON-ready summary of one evaluation; IoU is null for a class in neither masks nor predictions.
-    `class_stats`: the model folder's `class_stats.json` (training pixel shares and weights), if any."""
+
+    `class_stats`: the model folder's `class_stats.json` (training pixel shares and weights), if any.
+    `inference`: the scale and TTA used (`describe_inference`); `predict_seconds`: the time spent predicting
+    (reading the pictures included, loading the model not), for the time per picture."""
     iou = cm.iou_per_class()
     keys = _unique_names(class_names)
     true_pixels = cm.matrix.sum(axis=1)
@@ -119,6 +165,8 @@ def build_report(
         "class_weights_per_class": per_class(stats.get("weights")),
         "confusion_matrix": cm.matrix.tolist(),
         "seconds": seconds,
+        "inference": inference,
+        "seconds_per_image": (predict_seconds if predict_seconds is not None else seconds) / max(images, 1),
     }
 
 
@@ -135,6 +183,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"model       {report['model_dir']}",
         f"images      {report['images']} ({report['labelled_pixels']} labelled pixels, {report['seconds']:.1f} s)",
+        f"inference   {report.get('inference') or 'n/a'}",
+        f"time        {report.get('seconds_per_image', float('nan')):.3f} s per picture",
         f"pixel accuracy  {report['pixel_accuracy']:.4f}",
         f"mIOU            {report['mIOU']:.4f}  (mean over all {len(names)} classes, absent ones counting 0)",
         "",
@@ -161,7 +211,11 @@ def _score(predictor: Any, samples: list[Sample], label_map: LabelMap, progress:
     for sample in with_progress(samples, len(samples), "evaluate", progress):
         image = load_image(sample.image_path, sample.image_file, apply_exif=False)
         label = label_map.apply(load_mask(sample.mask_path, sample.mask_file))
-        cm.update(predictor.predict(image).mask, label)
+        windows = WindowProgress(progress, sample.image_path.name)
+        try:
+            cm.update(predictor.predict(image, progress=windows).mask, label)
+        finally:
+            windows.close()
     return cm
 
 
@@ -179,7 +233,7 @@ def evaluate_folder(
     With `out`, writes OUT/report.json and OUT/confusion_matrix.png. `progress`: True for a tqdm bar,
     False for log lines, None to decide by whether stderr is a terminal. Bad data raises ClientError
     naming the files, before the model is loaded. `inference`: load_predictor's backend, precision,
-    calibration_dir, scale, native_max_pixels.
+    calibration_dir, scale, native_max_pixels, slide_*, tta.
     """
     import json
 
@@ -195,9 +249,19 @@ def evaluate_folder(
 
     start = time.perf_counter()
     predictor = load_predictor(model_dir, **inference)
+    loaded = time.perf_counter()
     cm = _score(predictor, samples, label_map, progress)
-    seconds = time.perf_counter() - start
-    report = build_report(cm, predictor.class_names, model_dir, len(samples), seconds, read_class_stats(model_dir))
+    end = time.perf_counter()
+    report = build_report(
+        cm,
+        predictor.class_names,
+        model_dir,
+        len(samples),
+        end - start,
+        read_class_stats(model_dir),
+        inference=describe_inference(predictor),
+        predict_seconds=end - loaded,
+    )
     if out is not None:
         from gluonseg.plots import plot_confusion_matrix
 

@@ -119,13 +119,20 @@ def output_paths(out: Path, source: Path) -> tuple[Path, Path]:
     return out / f"{source.stem}_mask.png", out / f"{source.stem}_overlay.png"
 
 
-def _predict_one(predictor, source: Path, out: Path, alpha: float, decode_max_pixels: int) -> PredictResult:
+def _predict_one(
+    predictor, source: Path, out: Path, alpha: float, decode_max_pixels: int, progress: bool | None
+) -> PredictResult:
     from gluonseg.codecs.content_types import X_IMAGE
     from gluonseg.codecs.decode import decode_image
     from gluonseg.codecs.encode import encode_png_mask
+    from gluonseg.evaluate import WindowProgress
 
     image = decode_image(source.read_bytes(), X_IMAGE, decode_max_pixels=decode_max_pixels)
-    mask = predictor.predict(image).mask
+    windows = WindowProgress(progress, source.name)
+    try:
+        mask = predictor.predict(image, progress=windows).mask
+    finally:
+        windows.close()
     mask_path, overlay_path = output_paths(out, source)
     mask_path.write_bytes(encode_png_mask(mask, predictor.palette))
     overlay(image, mask, predictor.palette, predictor.class_names, alpha).save(overlay_path, "PNG")
@@ -165,7 +172,8 @@ def predict_files(
             continue
         stems[source.stem] = str(source)
         try:
-            results.append(_predict_one(predictor, source, out, alpha, decode_max_pixels or DEFAULT_DECODE_MAX_PIXELS))
+            bound = decode_max_pixels or DEFAULT_DECODE_MAX_PIXELS
+            results.append(_predict_one(predictor, source, out, alpha, bound, progress))
         except ClientError as exc:  # RequestError included: what the server would refuse
             results.append(PredictResult(str(source), False, str(exc)))
         except OSError as exc:

@@ -14,7 +14,7 @@ import uuid
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from gluonseg.errors import NotAcceptable, RequestError, RequestTooLarge, UnsupportedContentType
+from gluonseg.errors import NotAcceptable, ProbabilitiesTooLarge, RequestError, RequestTooLarge, UnsupportedContentType
 from serve.handler import Context, SegmentationHandler
 from serve.settings import ServerSettings
 
@@ -26,6 +26,7 @@ QUEUED_AT_HEADER = "X-Gluonseg-Queued-At"  # set by nginx (serve/nginx.conf.temp
 STATUS_OF: dict[type[RequestError], int] = {
     RequestError: 400,
     RequestTooLarge: 413,
+    ProbabilitiesTooLarge: 413,
     UnsupportedContentType: 415,
     NotAcceptable: 406,
 }
@@ -94,6 +95,11 @@ def create_app(settings: ServerSettings | None = None, handler: SegmentationHand
         calibration_dir=settings.calibration_dir,
         scale=settings.scale,
         native_max_pixels=settings.native_max_pixels,
+        slide_long_side=settings.slide_long_side,
+        slide_window=settings.slide_window,
+        slide_stride=settings.slide_stride,
+        tta=settings.tta,
+        max_probability_bytes=settings.max_probability_bytes,
     )
     handler = handler or SegmentationHandler()
     state = {"load_error": None}

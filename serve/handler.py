@@ -18,8 +18,12 @@ from gluonseg.codecs.decode import DEFAULT_DECODE_MAX_PIXELS, decode_image
 from gluonseg.codecs.encode import encode_response
 from gluonseg.inference.choices import serving_choice
 from gluonseg.inference.geometry import NATIVE_MAX_PIXELS  # numpy and PIL only: no MXNet before the fork
+from gluonseg.inference.postprocess import DEFAULT_MAX_PROBABILITY_BYTES
+from gluonseg.inference.tta import NO_TTA, TTA
 
 log = logging.getLogger("gluonseg.serve")
+
+LARGE_PICTURE_PIXELS = 4_000_000  # pictures from this size up get a log line of their own (time, windows)
 
 
 @dataclass
@@ -33,8 +37,13 @@ class Context:
     backend: str | None = None
     precision: str | None = None  # the network's precision; calibration_dir: where INT8 calibration images are
     calibration_dir: Path | None = None
-    scale: str = "native"  # gluonseg.inference.geometry: the image at its own size, or short side = crop_size
+    scale: str = "native"  # gluonseg.inference.geometry: own size, short side = crop_size, or slide windows
     native_max_pixels: int = NATIVE_MAX_PIXELS  # the native-scale bound: larger images are scaled down
+    slide_long_side: int | None = None  # the slide scale's resolution, window and stride (gluonseg.inference.windows)
+    slide_window: int | None = None
+    slide_stride: int | None = None
+    tta: TTA = NO_TTA  # test-time augmentation (gluonseg.inference.tta)
+    max_probability_bytes: int = DEFAULT_MAX_PROBABILITY_BYTES  # larger probabilities are refused (413)
     request_headers: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -78,17 +87,23 @@ class SegmentationHandler:
             calibration_dir=context.calibration_dir,
             scale=context.scale,
             native_max_pixels=context.native_max_pixels,
+            slide_long_side=context.slide_long_side,
+            slide_window=context.slide_window,
+            slide_stride=context.slide_stride,
+            tta=context.tta,
+            max_probability_bytes=context.max_probability_bytes,
         )
         self.load_seconds = time.perf_counter() - start
         self.initialized = True
         log.info(
-            "model loaded from %s in %.1f s (%d classes, %s %s, %s scale)",
+            "model loaded from %s in %.1f s (%d classes, %s %s, %s scale), TTA %s",
             context.model_dir,
             self.load_seconds,
             self.predictor.num_classes,
             self.predictor.backend,
             self.predictor.precision,
             self.predictor.scale,
+            self.predictor.tta,
         )
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[DecodedRequest]:
@@ -108,9 +123,23 @@ class SegmentationHandler:
         outputs = []
         for request in requests:
             want_probabilities = request.accept in (RECORDIO_PROTOBUF, PROTOBUF)
-            outputs.append(
-                (self.predictor.predict(request.image, want_probabilities=want_probabilities), request.accept)
-            )
+            start = time.perf_counter()
+            prediction = self.predictor.predict(request.image, want_probabilities=want_probabilities)
+            height, width = request.image.shape[:2]
+            if height * width >= LARGE_PICTURE_PIXELS:
+                seconds = time.perf_counter() - start
+                log.info(
+                    "%dx%d picture (%.1f MP) at %s scale, TTA %s: %d windows in %.1f s (%.1f windows/s)",
+                    width,
+                    height,
+                    height * width / 1e6,
+                    self.predictor.scale,
+                    self.predictor.tta,
+                    prediction.windows,
+                    seconds,
+                    prediction.windows / max(seconds, 1e-9),
+                )
+            outputs.append((prediction, request.accept))
         return outputs
 
     def postprocess(self, outputs: list[tuple[Any, str]]) -> list[tuple[bytes, str]]:

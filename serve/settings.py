@@ -10,6 +10,9 @@ from gluonseg.codecs.decode import DEFAULT_DECODE_MAX_PIXELS  # a JPEG under 6 M
 from gluonseg.errors import ClientError
 from gluonseg.inference.choices import check_backend, check_precision, measure_budget  # no MXNet here
 from gluonseg.inference.geometry import NATIVE_MAX_PIXELS, SCALES  # numpy and PIL only: no MXNet here
+from gluonseg.inference.postprocess import DEFAULT_MAX_PROBABILITY_BYTES
+from gluonseg.inference.tta import NO_TTA, TTA, parse_tta
+from gluonseg.inference.windows import check_window
 from gluonseg.util import available_cpus
 from serve.capacity import default_workers
 
@@ -17,6 +20,10 @@ DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT_S = 60
 DEFAULT_MAX_PAYLOAD_MB = 6
 MAX_BATCH_PAYLOAD_MB = 100  # SageMaker's ceiling for MaxPayloadInMB
+# Batch transform's decode bound grows with its payload limit (36 MP at the 6 MB default) up to 200 MP:
+# large pictures are what batch transform is for, and the slide scale segments them in bounded memory.
+PIXELS_PER_PAYLOAD_MB = DEFAULT_DECODE_MAX_PIXELS // DEFAULT_MAX_PAYLOAD_MB
+LARGE_DECODE_MAX_PIXELS = 200_000_000
 # The nginx front (serve/nginx.conf.template). Timeouts in seconds; README "Serving stack" says why each.
 DEFAULT_QUEUE_PER_WORKER = 4  # waiting requests per worker: ~4 requests' time stays well inside 60 s
 DEFAULT_CLIENT_HEADER_TIMEOUT_S = 10  # the whole header
@@ -76,6 +83,36 @@ def _scale(value: str | None) -> str:
     return scale
 
 
+def default_decode_max_pixels(batch: bool, payload_mb: int) -> int:
+    """The decode bound when GLUONSEG_MAX_PIXELS is not set: 36 MP, or for batch transform 6 MP per MB of
+    payload limit (at least 36 MP, at most LARGE_DECODE_MAX_PIXELS)."""
+    if not batch:
+        return DEFAULT_DECODE_MAX_PIXELS
+    return min(LARGE_DECODE_MAX_PIXELS, max(DEFAULT_DECODE_MAX_PIXELS, payload_mb * PIXELS_PER_PAYLOAD_MB))
+
+
+def slide_options(long_side: str | None, window: str | None, stride: str | None, names: tuple[str, str, str]):
+    """(slide_long_side, slide_window, slide_stride) as ints (None: not set), checked; ClientError naming the
+    setting (`names`: the three settings' names as the user gave them)."""
+    values = tuple(None if v is None else _int(v, name, 0) for v, name in zip((long_side, window, stride), names))
+    long_value, window_value, stride_value = values
+    if window_value is not None:
+        try:
+            check_window(window_value)
+        except ValueError as exc:
+            raise ClientError(f"{names[1]}: {exc}") from None
+    if stride_value is not None and window_value is not None and stride_value > window_value:
+        raise ClientError(f"{names[2]} ({stride_value}) must not be larger than {names[1]} ({window_value})")
+    return long_value, window_value, stride_value
+
+
+def probability_bytes(value: str | None, name: str = "GLUONSEG_MAX_PROBABILITIES_MB") -> int:
+    """The probabilities bound in bytes from a number of MB (None: the default)."""
+    if value is None:
+        return DEFAULT_MAX_PROBABILITY_BYTES
+    return _int(value, name, 1) << 20
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     model_dir: Path
@@ -92,8 +129,14 @@ class ServerSettings:
     backend: str | None = None
     precision: str | None = None
     calibration_dir: Path | None = None  # GLUONSEG_CALIBRATION_DIR: images to calibrate INT8 at load
-    scale: str = SCALES[0]  # GLUONSEG_INFERENCE_SCALE: native | crop (gluonseg.inference.geometry)
+    scale: str = SCALES[0]  # GLUONSEG_INFERENCE_SCALE: native | crop | slide (gluonseg.inference.geometry)
     native_max_pixels: int = NATIVE_MAX_PIXELS  # GLUONSEG_NATIVE_MAX_PIXELS: larger pictures are scaled down
+    # GLUONSEG_SLIDE_LONG_SIDE / _WINDOW / _STRIDE (gluonseg.inference.windows); None: own size, crop_size, 2/3
+    slide_long_side: int | None = None
+    slide_window: int | None = None
+    slide_stride: int | None = None
+    tta: TTA = NO_TTA  # GLUONSEG_TTA: flip, scales=... (gluonseg.inference.tta)
+    max_probability_bytes: int = DEFAULT_MAX_PROBABILITY_BYTES  # GLUONSEG_MAX_PROBABILITIES_MB
     proxy: bool = True  # nginx in front (GLUONSEG_NO_PROXY=true or --no-proxy: gunicorn alone, for debugging)
     max_queue: int | None = None  # GLUONSEG_MAX_QUEUE: requests waiting for a worker; None: 4 per worker
     client_header_timeout_s: int = DEFAULT_CLIENT_HEADER_TIMEOUT_S  # GLUONSEG_CLIENT_HEADER_TIMEOUT
@@ -131,6 +174,13 @@ class ServerSettings:
         measure_budget()  # GLUONSEG_AUTO_BUDGET_S, read by the workers: a bad value stops the start here
         batch = (_env("SAGEMAKER_BATCH") or "false").strip().lower() == "true"
         payload = _int(_env("SAGEMAKER_MAX_PAYLOAD_IN_MB"), "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB)
+        payload = min(payload, MAX_BATCH_PAYLOAD_MB)
+        slide = slide_options(
+            _env("GLUONSEG_SLIDE_LONG_SIDE"),
+            _env("GLUONSEG_SLIDE_WINDOW"),
+            _env("GLUONSEG_SLIDE_STRIDE"),
+            ("GLUONSEG_SLIDE_LONG_SIDE", "GLUONSEG_SLIDE_WINDOW", "GLUONSEG_SLIDE_STRIDE"),
+        )
         return cls(
             model_dir=model_dir,
             port=_int(_env("SAGEMAKER_BIND_TO_PORT"), "SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT),
@@ -142,14 +192,21 @@ class ServerSettings:
                 DEFAULT_TIMEOUT_S,
             ),
             default_accept=(_env("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or "image/png").strip().lower(),
-            max_payload_mb=min(payload, MAX_BATCH_PAYLOAD_MB),
-            decode_max_pixels=_int(_env("GLUONSEG_MAX_PIXELS"), "GLUONSEG_MAX_PIXELS", DEFAULT_DECODE_MAX_PIXELS),
+            max_payload_mb=payload,
+            decode_max_pixels=_int(
+                _env("GLUONSEG_MAX_PIXELS"), "GLUONSEG_MAX_PIXELS", default_decode_max_pixels(batch, payload)
+            ),
             batch=batch,
             backend=_backend(_env("GLUONSEG_BACKEND")),
             precision=_precision(_env("GLUONSEG_PRECISION")),
             calibration_dir=Path(calibration) if (calibration := _env("GLUONSEG_CALIBRATION_DIR")) else None,
             scale=_scale(_env("GLUONSEG_INFERENCE_SCALE")),
             native_max_pixels=native_max_pixels,
+            slide_long_side=slide[0],
+            slide_window=slide[1],
+            slide_stride=slide[2],
+            tta=parse_tta(_env("GLUONSEG_TTA"), "GLUONSEG_TTA"),
+            max_probability_bytes=probability_bytes(_env("GLUONSEG_MAX_PROBABILITIES_MB")),
             proxy=not _bool(_env("GLUONSEG_NO_PROXY"), "GLUONSEG_NO_PROXY"),
             max_queue=_int(q, "GLUONSEG_MAX_QUEUE", 0, low=0) if (q := _env("GLUONSEG_MAX_QUEUE")) else None,
             client_header_timeout_s=_seconds("GLUONSEG_CLIENT_HEADER_TIMEOUT", DEFAULT_CLIENT_HEADER_TIMEOUT_S),

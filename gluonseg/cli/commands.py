@@ -211,13 +211,36 @@ def cmd_export(args: argparse.Namespace) -> int:
 def inference_options(args: argparse.Namespace) -> dict[str, Any]:
     """The inference flags given, by the names load_predictor, the handler Context and ServerSettings share;
     an absent flag keeps the default."""
+    from gluonseg.inference.tta import parse_tta
+    from serve.settings import probability_bytes, slide_options
+
     if args.native_max_pixels is not None and args.native_max_pixels < 1:
         raise ClientError(f"--max-native-pixels must be at least 1, got {args.native_max_pixels}")
+    if getattr(args, "decode_max_pixels", None) is not None and args.decode_max_pixels < 1:
+        raise ClientError(f"--max-pixels must be at least 1, got {args.decode_max_pixels}")
+
+    def text(value: int | None) -> str | None:
+        return None if value is None else str(value)
+
+    long_side, window, stride = slide_options(
+        text(args.slide_long_side),
+        text(args.slide_window),
+        text(args.slide_stride),
+        ("--slide-long-side", "--window", "--stride"),
+    )
     given = {
         "backend": args.backend,
         "precision": args.precision,
         "calibration_dir": args.calibration,
         "scale": args.scale,
         "native_max_pixels": args.native_max_pixels,
+        "slide_long_side": long_side,
+        "slide_window": window,
+        "slide_stride": stride,
+        "tta": None if args.tta is None else parse_tta(args.tta, "--tta"),
+        "max_probability_bytes": None
+        if args.max_probabilities_mb is None
+        else probability_bytes(str(args.max_probabilities_mb), "--max-probabilities-mb"),
+        "decode_max_pixels": getattr(args, "decode_max_pixels", None),
     }
     return {name: value for name, value in given.items() if value is not None}

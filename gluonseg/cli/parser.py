@@ -7,12 +7,16 @@ from pathlib import Path
 
 from gluonseg.cli import commands
 from gluonseg.inference.choices import BACKENDS, PRECISIONS
+from gluonseg.inference.geometry import SCALES
 
 DESCRIPTION = "`gluonseg`: the user's command line. Thin: parse flags, call the modules that do the work."
 
 
-def _add_inference_options(p: argparse.ArgumentParser, serve: bool = False, serving: bool = False) -> None:
-    """--backend/--precision/--calibration/--scale/--max-native-pixels, as the server's GLUONSEG_* variables.
+def _add_inference_options(
+    p: argparse.ArgumentParser, serve: bool = False, serving: bool = False, decode: bool = False
+) -> None:
+    """--backend/--precision/--calibration/--scale/--max-native-pixels, the slide scale's and TTA's flags and
+    --max-probabilities-mb (with `decode`, --max-pixels too), as the server's GLUONSEG_* variables.
 
     serve: unset flags fall back to the GLUONSEG_* variables; serving (serve, transform): the backend's default is
     the server's (gluonseg.inference.choices.serving_choice), else MXNet, the reference (evaluate, predict).
@@ -45,11 +49,62 @@ def _add_inference_options(p: argparse.ArgumentParser, serve: bool = False, serv
     )
     p.add_argument(
         "--scale",
-        choices=("native", "crop"),
+        choices=SCALES,
         default=None,
-        help="native: each image at its own size, as GluonCV's predict(); crop: short side resized to "
-        "crop_size and tiled (faster on large pictures)" + default("GLUONSEG_INFERENCE_SCALE", "native"),
+        help="native: each image at its own size (up to --max-native-pixels), as GluonCV's predict(); crop: "
+        "short side resized to crop_size and tiled (faster on large pictures); slide: the picture at full "
+        "resolution under overlapping windows, in bounded memory (large pictures)"
+        + default("GLUONSEG_INFERENCE_SCALE", "native"),
     )
+    p.add_argument(
+        "--slide-long-side",
+        type=int,
+        default=None,
+        metavar="N",
+        help="slide scale: resize the picture so its long side is N pixels first (the mask keeps the input's size)"
+        + default("GLUONSEG_SLIDE_LONG_SIDE", "the picture's own size"),
+    )
+    p.add_argument(
+        "--window",
+        dest="slide_window",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="slide scale: window side, a multiple of 8, at least 64" + default("GLUONSEG_SLIDE_WINDOW", "crop_size"),
+    )
+    p.add_argument(
+        "--stride",
+        dest="slide_stride",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="slide scale: pixels between windows" + default("GLUONSEG_SLIDE_STRIDE", "2/3 of the window"),
+    )
+    p.add_argument(
+        "--tta",
+        default=None,
+        metavar="SPEC",
+        help="test-time augmentation: flip, scales=0.75,1,1.25 or flip,scales=...; softmax probabilities "
+        "averaged over the views" + default("GLUONSEG_TTA", "none"),
+    )
+    p.add_argument(
+        "--max-probabilities-mb",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="probabilities (C x H x W float32) larger than this are refused"
+        + default("GLUONSEG_MAX_PROBABILITIES_MB", "256"),
+    )
+    if decode:
+        p.add_argument(
+            "--max-pixels",
+            dest="decode_max_pixels",
+            type=int,
+            default=None,
+            metavar="PIXELS",
+            help="pictures with more pixels are refused (checked from the header)"
+            + default("GLUONSEG_MAX_PIXELS", "36,000,000"),
+        )
     p.add_argument(
         "--max-native-pixels",
         dest="native_max_pixels",
@@ -131,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="gunicorn alone, without nginx in front: for debugging only (slow clients can then starve /ping)",
     )
-    _add_inference_options(p, serve=True, serving=True)
+    _add_inference_options(p, serve=True, serving=True, decode=True)
     p.set_defaults(func=commands.cmd_serve)
 
     p = sub.add_parser("transform", help="batch transform: X -> X.out for every file under a folder")
@@ -145,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--content-type", default="image/jpeg", help="the request Content-Type (default image/jpeg)")
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
-    _add_inference_options(p, serving=True)
+    _add_inference_options(p, serving=True, decode=True)
     p.set_defaults(func=commands.cmd_transform)
 
     p = sub.add_parser("evaluate", help="pixel accuracy, mIOU and per-class IoU of a model on images + masks")
@@ -162,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="JPEG or PNG pictures")
     p.add_argument("--out", type=Path, required=True, help="folder for the masks and overlays")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours in the overlay (default 0.5)")
-    _add_inference_options(p)
+    _add_inference_options(p, decode=True)
     p.set_defaults(func=commands.cmd_predict)
 
     p = sub.add_parser(

@@ -126,6 +126,11 @@ def decode_image(body: bytes, content_type: str, decode_max_pixels: int = DEFAUL
     # Reset before open() too: with the flag on, the PNG header reader skips the CRC of ancillary
     # chunks, so a worker's first request (just after `import gluoncv`) would be judged differently.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    # PIL's own decompression-bomb bound (a warning above MAX_IMAGE_PIXELS, an error above twice that)
+    # follows ours when the operator raises ours past it (GLUONSEG_MAX_PIXELS up to 200 MP and more); it
+    # only ever grows, so concurrent requests with different bounds never lower another's.
+    if Image.MAX_IMAGE_PIXELS is not None and decode_max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = decode_max_pixels
     try:
         img = Image.open(io.BytesIO(body), formats=[fmt])  # reads the header only
     except Image.DecompressionBombError as exc:  # PIL's own cap (~179 MP) fires inside open()

@@ -1,6 +1,8 @@
-"""The sizes, canvases and tiles the network sees for an image, at either scale (numpy and PIL only).
+"""The sizes, canvases and tiles the network sees for an image, at each scale (numpy and PIL only).
 
-Two scales, chosen per Predictor (server: `GLUONSEG_INFERENCE_SCALE`):
+Three scales, chosen per Predictor (server: `GLUONSEG_INFERENCE_SCALE`); the third, **slide** (the
+picture at full resolution under sliding windows, for large pictures), has its windows and their blend
+in gluonseg.inference.windows. The first two:
 
 **native** (default): the image at its own resolution, as stock GluonCV's `predict()` runs it and as
 validation with `validation_mini_batch_size=1` does. The image is padded right/bottom to a multiple
@@ -43,7 +45,7 @@ from PIL import Image
 
 from gluonseg.data.transforms import normalize
 
-SCALES = ("native", "crop")
+SCALES = ("native", "crop", "slide")
 DEFAULT_SCALE = "native"
 NATIVE_MAX_PIXELS = 1 << 20  # 1024x1024: FCN-R50 at this size is ~0.6 TMAC; larger pictures are scaled down
 NATIVE_MIN_SIDE = 64  # a padded side of at least 8 feature cells, so PSP's 6x6 pyramid bins see real cells
@@ -64,16 +66,19 @@ def check_image(image: np.ndarray) -> None:
 # -- crop scale
 
 
-def resized_size(height: int, width: int, crop_size: int) -> tuple[int, int]:
+def resized_size(height: int, width: int, crop_size: int, short_side: int | None = None) -> tuple[int, int]:
     """(h', w') the image is resized to: short side crop_size (long side truncated), long side capped.
 
-    When the cap applies, the short side is scaled by the same factor (rounded, at least 1 pixel).
+    `short_side` replaces crop_size as the short side's target (test-time augmentation's scales); the cap
+    is MAX_ASPECT times that target. When the cap applies, the short side is scaled by the same factor
+    (rounded, at least 1 pixel).
     """
     if height < 1 or width < 1:
         raise ValueError(f"image must be at least 1x1, got {width}x{height}")
+    target = short_side or crop_size
     short, long = min(height, width), max(height, width)
-    max_long = MAX_ASPECT * crop_size
-    new_short, new_long = crop_size, int(long * crop_size / short)
+    max_long = MAX_ASPECT * target
+    new_short, new_long = target, int(long * target / short)
     if new_long > max_long:
         new_long = max_long
         new_short = max(1, int(short * max_long / long + 0.5))
@@ -89,9 +94,9 @@ def tile_starts(length: int, crop_size: int) -> list[int]:
     return [min(i * stride, length - crop_size) for i in range(count)]
 
 
-def network_canvas(image: np.ndarray, crop_size: int) -> tuple[np.ndarray, int, int]:
+def network_canvas(image: np.ndarray, crop_size: int, short_side: int | None = None) -> tuple[np.ndarray, int, int]:
     """Steps 1-2 of the module docstring: (normalised, padded (3, H', W') float32, resized h', resized w')."""
-    new_h, new_w = resized_size(image.shape[0], image.shape[1], crop_size)
+    new_h, new_w = resized_size(image.shape[0], image.shape[1], crop_size, short_side)
     if (new_h, new_w) != image.shape[:2]:
         image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
     data = normalize(image)
@@ -136,6 +141,13 @@ def native_canvas_shape(height: int, width: int) -> tuple[int, int]:
         return max(NATIVE_MIN_SIDE, -(-n // MULTIPLE) * MULTIPLE)
 
     return side(height), side(width)
+
+
+def resize_picture(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`image` (HxWx3 uint8, any strides) resized to height x width with PIL's bilinear filter; as is if equal."""
+    if (height, width) == image.shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.BILINEAR))
 
 
 def native_canvas(image: np.ndarray, native_max_pixels: int = NATIVE_MAX_PIXELS) -> tuple[np.ndarray, int, int]:

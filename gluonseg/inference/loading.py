@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import mxnet as mx
 from mxnet import gluon
@@ -31,10 +32,13 @@ def load_predictor(
     scale: str = DEFAULT_SCALE,
     native_max_pixels: int = NATIVE_MAX_PIXELS,
     backend: str = "mxnet",
+    **options: Any,
 ) -> Predictor:
     """Load a model folder; the aux head in the file is dropped.
 
-    scale: 'native' or 'crop' (gluonseg.inference.geometry); native_max_pixels bounds the native scale.
+    scale: 'native', 'crop' or 'slide' (gluonseg.inference.geometry, gluonseg.inference.windows);
+    native_max_pixels bounds the native scale. `options`: the Predictor's slide_long_side, slide_window,
+    slide_stride, tta and max_probability_bytes.
 
     backend: 'mxnet' (the reference), 'onnxruntime' or 'openvino' (the model folder's ONNX export,
     made and cached on first use: gluonseg.inference.onnx_cache), or 'auto' (measured and chosen at load:
@@ -60,7 +64,7 @@ def load_predictor(
     else:
         network = make(backend, precision)
     log.info(
-        "loaded %s (%s on %s, %d classes, crop %d, %s %s, %s scale)",
+        "loaded %s (%s on %s, %d classes, crop %d, %s %s, %s scale), TTA %s",
         artifact.params_path,
         hp.algorithm,
         hp.backbone,
@@ -69,6 +73,7 @@ def load_predictor(
         network.backend,
         network.precision,
         scale,
+        options.get("tta") or "none",
     )
     return Predictor(
         network,
@@ -79,6 +84,7 @@ def load_predictor(
         hp.algorithm,
         scale=scale,
         native_max_pixels=native_max_pixels,
+        **options,
     )
 
 

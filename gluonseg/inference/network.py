@@ -9,7 +9,9 @@ argmax), so every backend answers through the same geometry and post-processing:
 
 Contract of `logits(data)`: `data` is a (3, H, W) float32 array, RGB scaled to [0, 1] and normalised
 with the ImageNet mean/std, H and W multiples of 8 (or the crop size); the answer is (C, H, W) float32
-logits, a new array the caller owns. Safe to call from several threads.
+logits, a new array the caller owns (and may write to). A batch (N, 3, H, W) of same-sized inputs (the
+slide scale's windows) answers (N, C, H, W): the ONNX backends run it as one batch, MXNet one input at a
+time (its graphs are compiled for batch 1). Safe to call from several threads.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class MXNetNetwork:
         net.hybridize(static_alloc=True, static_shape=True)
 
     def logits(self, data: np.ndarray) -> np.ndarray:
+        if data.ndim == 4:  # the graphs are static-shaped at batch 1: one input at a time
+            return np.stack([self.logits(one) for one in data])
         height, width = data.shape[1:]
         with self._lock:
             if (height, width) == (self._crop, self._crop):

@@ -76,7 +76,9 @@ class OnnxRuntimeNetwork:
         log.info("ONNX Runtime %s on %s (%d threads): %s", ort.__version__, self.provider, count, path)
 
     def logits(self, data: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {INPUT_NAME: np.ascontiguousarray(data[None], dtype=np.float32)})[0][0]
+        batch = data if data.ndim == 4 else data[None]
+        out = self._session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return out if data.ndim == 4 else out[0]
 
 
 class OpenVinoNetwork:
@@ -124,7 +126,8 @@ class OpenVinoNetwork:
             return core.read_model(str(rewritten))  # read whole: the file may go once this returns
 
     def logits(self, data: np.ndarray) -> np.ndarray:
+        batch = data if data.ndim == 4 else data[None]
         with self._lock:
-            result = self._request.infer({INPUT_NAME: np.ascontiguousarray(data[None], dtype=np.float32)})
+            result = self._request.infer({INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
             # Copied out under the lock: the request's output tensor is reused by the next call.
-            return np.array(result[0][0], dtype=np.float32, copy=True)
+            return np.array(result[0] if data.ndim == 4 else result[0][0], dtype=np.float32, copy=True)

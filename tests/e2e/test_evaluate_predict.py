@@ -20,6 +20,7 @@ from gluonseg.data.label_map import parse_label_map
 from gluonseg.evaluate import evaluate_folder, with_progress
 from gluonseg.inference.loading import load_predictor
 from gluonseg.inference.predictor import Predictor
+from gluonseg.inference.tta import TTA
 from gluonseg.metrics import ConfusionMatrix
 from gluonseg.palette import voc_palette
 from gluonseg.plots import plot_confusion_matrix
@@ -272,3 +273,39 @@ def test_progress_without_a_terminal_logs_about_every_tenth(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "gluonseg.evaluate"]
     assert 9 <= len(lines) <= 13
     assert lines[-1].startswith("evaluate: 25/25 images (100%")
+
+
+def test_evaluate_prints_the_scale_tta_and_time_per_picture(trained_model_dir, validation, tmp_path):
+    images, masks = validation
+    out = tmp_path / "slide-flip"
+    proc = gluonseg(
+        "evaluate", "--model-dir", trained_model_dir, "--images", images, "--masks", masks, "--out", out,
+        "--scale", "slide", "--window", "64", "--tta", "flip",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "inference   slide (own size, window 64, stride 42), TTA flip, mxnet fp32" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["inference"].startswith("slide") and 0 < report["seconds_per_image"] < report["seconds"]
+    assert f"time        {report['seconds_per_image']:.3f} s per picture" in proc.stdout
+
+
+def test_predict_at_slide_scale_with_tta_and_bad_slide_flags_named(trained_model_dir, tmp_path):
+    picture = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (90, 250, 3), dtype=np.uint8)).save(picture)
+    out = tmp_path / "out"
+    flags = ["--scale", "slide", "--window", "64", "--stride", "40", "--tta", "flip,scales=0.75,1"]
+    proc = gluonseg("predict", "--model-dir", trained_model_dir, picture, "--out", out, *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = load_predictor(
+        trained_model_dir, scale="slide", slide_window=64, slide_stride=40, tta=TTA(True, (0.75, 1.0))
+    ).predict(load_image(picture, "picture"))
+    assert np.array_equal(np.asarray(Image.open(out / "wide_mask.png")), expected.mask)
+    for bad, named in (
+        (["--window", "60"], "--window: the slide window must be a multiple of 8"),
+        (["--window", "64", "--stride", "65"], "--stride (65) must not be larger than --window (64)"),
+        (["--tta", "mirror"], "--tta must be flip, scales=S1,S2,... or flip,scales=S1,S2,...; got 'mirror'"),
+        (["--max-probabilities-mb", "0"], "--max-probabilities-mb must be at least 1, got 0"),
+    ):
+        proc = gluonseg("predict", "--model-dir", trained_model_dir, picture, "--out", out, *bad)
+        assert proc.returncode == 2 and named in proc.stderr, (bad, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr

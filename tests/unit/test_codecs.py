@@ -512,3 +512,12 @@ def test_missing_record_pb2_says_make_proto(monkeypatch):
     monkeypatch.setitem(sys.modules, "gluonseg.codecs.record_pb2", None)  # import of it fails
     with pytest.raises(ImportError, match="make proto"):
         load_record_pb2()
+
+
+def test_a_raised_bound_is_not_overruled_by_pils_own_limit(no_pixel_decoding):
+    body = png_declaring(20_000, 9_500)  # 190 MP: past PIL's default bomb error (twice 89.5 MP)
+    with pytest.raises(RequestError, match="pixels were decoded") as info:  # let through to the decoder
+        decode_image(body, "image/png", decode_max_pixels=200_000_000)
+    assert not isinstance(info.value, RequestTooLarge)
+    with pytest.raises(RequestTooLarge, match="more than the 150000000 allowed"):
+        decode_image(body, "image/png", decode_max_pixels=150_000_000)

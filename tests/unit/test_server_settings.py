@@ -141,7 +141,7 @@ def test_inference_scale_from_the_environment_reaches_the_predictor(clean_env, t
     create_app(s, handler)
     assert handler.predictor.scale == "crop" and handler.predictor.native_max_pixels == 5000
     clean_env.setenv("GLUONSEG_INFERENCE_SCALE", "whole")
-    with pytest.raises(ClientError, match="GLUONSEG_INFERENCE_SCALE must be one of native, crop, got 'whole'"):
+    with pytest.raises(ClientError, match="GLUONSEG_INFERENCE_SCALE must be one of native, crop, slide, got 'whole'"):
         ServerSettings.from_env()
     clean_env.setenv("GLUONSEG_INFERENCE_SCALE", "native")
     clean_env.setenv("GLUONSEG_NATIVE_MAX_PIXELS", "0")
@@ -207,3 +207,47 @@ def test_the_cli_resolves_serve_and_transform_as_the_server_does(tmp_path):
     assert serving_choice(context.backend, context.precision)[:2] == ("auto", "fp32")
     context = Context(tmp_path, **inference_options(build_parser().parse_args([*base, "--precision", "int8"])))
     assert serving_choice(context.backend, context.precision)[:2] == ("mxnet", "int8")
+
+
+def test_slide_tta_and_bounds_from_the_environment(clean_env):
+    from gluonseg.inference.tta import TTA
+
+    for name in ("GLUONSEG_SLIDE_LONG_SIDE", "GLUONSEG_SLIDE_WINDOW", "GLUONSEG_SLIDE_STRIDE", "GLUONSEG_TTA"):
+        clean_env.delenv(name, raising=False)
+    for name in ("GLUONSEG_MAX_PROBABILITIES_MB", "GLUONSEG_MAX_PIXELS"):
+        clean_env.delenv(name, raising=False)
+    s = ServerSettings.from_env()
+    assert (s.slide_long_side, s.slide_window, s.slide_stride, s.tta) == (None, None, None, TTA())
+    assert s.max_probability_bytes == 256 << 20 and s.decode_max_pixels == 36_000_000
+    clean_env.setenv("GLUONSEG_INFERENCE_SCALE", "slide")
+    clean_env.setenv("GLUONSEG_SLIDE_LONG_SIDE", "4000")
+    clean_env.setenv("GLUONSEG_SLIDE_WINDOW", "512")
+    clean_env.setenv("GLUONSEG_SLIDE_STRIDE", "400")
+    clean_env.setenv("GLUONSEG_TTA", "flip,scales=0.75,1")
+    clean_env.setenv("GLUONSEG_MAX_PROBABILITIES_MB", "1024")
+    s = ServerSettings.from_env()
+    assert (s.scale, s.slide_long_side, s.slide_window, s.slide_stride) == ("slide", 4000, 512, 400)
+    assert s.tta == TTA(True, (0.75, 1.0)) and s.max_probability_bytes == 1 << 30
+    for name, value, reason in (
+        ("GLUONSEG_SLIDE_WINDOW", "500", "GLUONSEG_SLIDE_WINDOW: the slide window must be a multiple of 8"),
+        ("GLUONSEG_SLIDE_STRIDE", "600", "GLUONSEG_SLIDE_STRIDE (600) must not be larger than GLUONSEG_SLIDE_WINDOW"),
+        ("GLUONSEG_SLIDE_LONG_SIDE", "0", "GLUONSEG_SLIDE_LONG_SIDE must be at least 1, got 0"),
+        ("GLUONSEG_TTA", "rotate", "GLUONSEG_TTA must be flip, scales="),
+        ("GLUONSEG_MAX_PROBABILITIES_MB", "lots", "GLUONSEG_MAX_PROBABILITIES_MB must be an integer"),
+    ):
+        with clean_env.context() as env:
+            env.setenv(name, value)
+            with pytest.raises(ClientError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+                ServerSettings.from_env()
+
+
+def test_batch_transform_raises_the_decode_bound_with_its_payload_limit(clean_env):
+    clean_env.delenv("GLUONSEG_MAX_PIXELS", raising=False)
+    clean_env.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "100")
+    assert ServerSettings.from_env().decode_max_pixels == 36_000_000  # a real-time endpoint: unchanged
+    clean_env.setenv("SAGEMAKER_BATCH", "true")
+    assert ServerSettings.from_env().decode_max_pixels == 200_000_000  # 6 MP per MB, capped at 200 MP
+    clean_env.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "10")
+    assert ServerSettings.from_env().decode_max_pixels == 60_000_000
+    clean_env.setenv("GLUONSEG_MAX_PIXELS", "300000000")
+    assert ServerSettings.from_env().decode_max_pixels == 300_000_000  # the operator's value wins
