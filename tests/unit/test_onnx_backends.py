@@ -107,3 +107,16 @@ def test_auto_candidates_follow_the_cpu_fastest_first(tmp_path):
     assert candidates(artifact, {"avx512_bf16"})[-1] == ("mxnet", "bf16")
     (tmp_path / INT8_SYMBOL).write_text("{}")  # `gluonseg quantize` ran: its INT8 files are tried
     assert ("mxnet", "int8") in candidates(artifact, amx)
+
+
+def test_a_batch_of_windows_gives_each_windows_logits(tiny_model):
+    # The slide scale sends several windows in one call (gluonseg.inference.windows): a batch must answer
+    # what one call per window answers, in order.
+    rng = np.random.default_rng(3)
+    batch = rng.standard_normal((3, 3, 16, 24)).astype(np.float32)
+    for network in (OnnxRuntimeNetwork(tiny_model), OpenVinoNetwork(tiny_model)):
+        together = network.logits(batch)
+        assert together.shape == (3, 4, 16, 24)
+        for index in range(3):
+            np.testing.assert_allclose(together[index], network.logits(batch[index]), rtol=1e-5, atol=1e-5)
+        assert not np.allclose(together[0], together[1])  # the windows are told apart
