@@ -1,5 +1,5 @@
 """Rare classes: plain cross-entropy against median-frequency class weights and OHEM, on a generated dataset
-whose last classes are thin lines and small dots (`gluonseg make-dataset --rare`), same seed and budget.
+whose last classes are short thick strokes and small blobs (`gluonseg make-dataset --rare`), same seed and budget.
 
 Each run is the real `gluonseg train` (FCN-ResNet-50 from scratch, CPU); the scores are the validation
 pass of the epoch kept as `model_best.params` (best mIOU, whole images) and of the last epoch.
@@ -150,7 +150,8 @@ def report(args, base: dict[str, Any], rare: list[int], stats: dict[str, Any], r
     return (
         f"FCN-ResNet-50, `use_pretrained_model=False`, `gluonseg make-dataset --classes {args.classes} "
         f"--rare {args.rare} --train {args.train} --validation {args.validation} --size {args.size}` "
-        f"(rare classes {', '.join(map(str, rare))}: thin lines and small dots). Training-mask pixel share: {shares}. "
+        f"(rare classes {', '.join(map(str, rare))}: short strokes about 8 px thick and blobs about 16 px across). "
+        f"Training-mask pixel share: {shares}. "
         f"Same seed (`GLUONSEG_SEED=0`) and budget for every run: {args.epochs} epochs, crop {args.crop}, "
         f"base_size {base['base_size']}, batch 8, "
         f"adam lr 0.001, poly; validation on whole images; {args.threads} OpenMP thread(s) per job"
