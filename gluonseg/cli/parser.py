@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rare",
         type=int,
         default=0,
-        help="make the last K classes rare: thin lines or small dots, each well under 1%% of the pixels (default 0)",
+        help="make the last K classes rare: short strokes or small blobs, each under 1%% of the pixels (default 0)",
     )
     p.set_defaults(func=commands.cmd_make_dataset)
 

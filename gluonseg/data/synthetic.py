@@ -10,10 +10,11 @@ Every picture draws from two random streams seeded by (seed, picture number): on
 shapes, classes) and one for the appearance. So a picture does not depend on the others, and
 `make_masks_only` writes the very same masks as `make_dataset` without spending time on the pictures.
 
-`rare=K` makes the last K class ids rare, for class-imbalance work: instead of shapes they are thin lines
-(a crack, a wire) or a few small dots (a lesion), drawn last, from a stream of their own, in about half
-the pictures (each picture has at least one of them), with no ignore band around them (it would cover
-them). Each rare class then holds well under 1% of the labelled pixels; `make_dataset` reports the shares.
+`rare=K` makes the last K class ids rare, for class-imbalance work: instead of shapes they are short thick
+strokes (a scratch) or one small blob (a lesion), about 8-16 pixels across at size 128, so that they stay
+learnable at the networks' output stride of 8; drawn last, from a stream of their own, with no ignore band
+around them. Picture i always holds rare class i mod K and each other rare class only now and then, so each
+rare class holds under 1% of the labelled pixels; `make_dataset` reports the shares.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ MAX_CLASSES = 255  # ids 0..254; 255 is the ignore value
 MIN_SIZE = 32
 
 _LAYOUT, _APPEARANCE, _RARE = 0, 1, 2  # the random streams of one picture
-RARE_PRESENCE = 0.5  # chance that a picture holds a given rare class (besides its guaranteed one)
+RARE_PRESENCE = 0.15  # chance that a picture holds a given rare class (besides its guaranteed one)
 _PALETTE = voc_palette()
 
 
@@ -159,8 +160,9 @@ def _draw_rare(
     width: int,
     height: int,
 ) -> list[int]:
-    """Rare objects as instances count+1, ...: even rare classes thin lines, odd ones 2-4 small dots. Returns
-    their classes. Picture i always holds rare class number i mod rare."""
+    """Rare objects as instances count+1, ...: even rare classes a short stroke about short/16 pixels thick,
+    odd ones one blob about short/8 pixels across (8 and 16 pixels at size 128: one or two cells at output
+    stride 8). Returns their classes. Picture i always holds rare class number i mod rare."""
     short = min(width, height)
     drawn = []
     for k in range(rare):
@@ -168,16 +170,15 @@ def _draw_rare(
             continue
         j = count + len(drawn) + 1
         if k % 2 == 0:
-            length = short * rng.uniform(0.3, 0.6)
+            length = short * rng.uniform(0.12, 0.25)
             angle = rng.uniform(0.0, math.pi)
             x0, y0 = rng.uniform(0.15, 0.85) * width, rng.uniform(0.15, 0.85) * height
             end = (x0 + length * math.cos(angle), y0 + length * math.sin(angle))
-            draw.line([(x0, y0), end], fill=j, width=max(2, round(short / 64)))
+            draw.line([(x0, y0), end], fill=j, width=max(3, round(short / 16)))
         else:
-            for _ in range(int(rng.integers(2, 5))):
-                r = max(2.0, short * rng.uniform(0.02, 0.035))
-                cx, cy = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
-                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=j)
+            r = max(3.0, short * rng.uniform(0.05, 0.065))
+            cx, cy = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=j)
         drawn.append(classes - rare + k)
     return drawn
 

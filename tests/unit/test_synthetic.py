@@ -215,8 +215,10 @@ def test_bad_arguments_are_client_errors(tmp_path: Path, override: dict, field: 
 
 # -- rare classes (make-dataset --rare)
 
+DISC_5 = np.add.outer(np.arange(-2, 3) ** 2, np.arange(-2, 3) ** 2) <= 4
 
-def test_rare_classes_are_present_thin_unbanded_and_under_one_percent(tmp_path: Path) -> None:
+
+def test_rare_classes_are_present_small_but_not_sub_stride_unbanded_and_under_one_percent(tmp_path: Path) -> None:
     out = tmp_path / "rare"
     summary = make_dataset(out, classes=5, train=24, validation=4, size=128, seed=1, rare=2)
     assert summary["rare_classes"] == [3, 4]
@@ -230,6 +232,13 @@ def test_rare_classes_are_present_thin_unbanded_and_under_one_percent(tmp_path: 
         padded = np.pad(mask == 255, 1)
         touching = padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
         near_ignore += int((rare & touching).sum())
+        # Small, yet about 5 pixels thick or more in every picture that holds them (strokes ~8, blobs ~16 px at
+        # size 128), so the output stride of 8 can resolve them: some disc of radius 2 is all that class.
+        for c in (3, 4):
+            if (mask == c).any():
+                windows = np.lib.stride_tricks.sliding_window_view(mask == c, (5, 5))
+                assert (windows | ~DISC_5).all(axis=(2, 3)).any(), (path.name, c)
+                assert (mask == c).sum() < 0.05 * mask.size, (path.name, c)
     labelled = counts[:5].sum()
     shares = counts[:5] / labelled
     np.testing.assert_allclose(summary["pixel_share"], shares)
