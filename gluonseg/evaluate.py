@@ -18,11 +18,9 @@ A class under 1% of the evaluated pixels is marked rare (`*`), in the table and 
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -31,14 +29,13 @@ from gluonseg.data.images import load_image, load_mask
 from gluonseg.data.label_map import MAX_LABEL_MAP_BYTES, LabelMap, parse_label_map
 from gluonseg.environment import read_json_file
 from gluonseg.metrics import ConfusionMatrix
+from gluonseg.progress import WindowProgress, with_progress
 from gluonseg.training.class_weights import RARE_SHARE
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"
 CONFUSION_PLOT_FILE = "confusion_matrix.png"
-
-T = TypeVar("T")
 
 
 def read_label_map_file(path: Path | None, num_classes: int | None = None) -> LabelMap:
@@ -47,64 +44,6 @@ def read_label_map_file(path: Path | None, num_classes: int | None = None) -> La
         return LabelMap.identity()
     data = read_json_file(path, "label map", max_bytes=MAX_LABEL_MAP_BYTES)
     return parse_label_map(data, str(path), num_classes)
-
-
-def with_progress(items: Iterable[T], total: int, desc: str, show_bar: bool | None = None) -> Iterator[T]:
-    """Yield `items` while reporting progress: a tqdm bar on a terminal, else a log line about every 10%.
-
-    Log lines because a bar redrawn with carriage returns becomes one garbled line per refresh in
-    CloudWatch or a CI log. `show_bar=None` decides by whether stderr is a terminal.
-    """
-    show_bar = sys.stderr.isatty() if show_bar is None else show_bar
-    if show_bar:
-        from tqdm import tqdm
-
-        yield from tqdm(items, total=total, desc=desc, unit="image")
-        return
-    step = max(1, -(-total // 10))
-    start = time.perf_counter()
-    done = 0
-    for item in items:
-        yield item
-        done += 1
-        if done % step == 0 or done == total:
-            log.info(
-                "%s: %d/%d images (%.0f%%, %.1f s)",
-                desc,
-                done,
-                total,
-                100.0 * done / total,
-                time.perf_counter() - start,
-            )
-
-
-WINDOW_BAR_DELAY_S = 3.0  # a picture's own bar over its windows appears once it has taken this long
-
-
-class WindowProgress:
-    """`progress` for Predictor.predict: a tqdm bar over one picture's network windows, on a terminal only,
-    shown once the picture has taken WINDOW_BAR_DELAY_S (large pictures at slide scale); `close` after it."""
-
-    def __init__(self, show_bar: bool | None, desc: str = "windows") -> None:
-        self.show = sys.stderr.isatty() if show_bar is None else show_bar
-        self.desc = desc
-        self.bar: Any = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.show:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total, desc=self.desc, unit="window", delay=WINDOW_BAR_DELAY_S, leave=False, position=1
-            )
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def describe_inference(predictor: Any) -> str:

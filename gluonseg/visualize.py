@@ -46,16 +46,45 @@ def _colour_table(palette: list[int]) -> np.ndarray:
     return colours
 
 
-def blend(image: np.ndarray, mask: np.ndarray, palette: list[int], alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8: `image * (1 - alpha) + colour * alpha` where the mask is not background, rounded."""
+BAND_PIXELS = 1 << 20  # the blend runs over row bands of about this many pixels: float copies of a band, not a picture
+
+
+def blend(
+    image: np.ndarray, mask: np.ndarray, palette: list[int], alpha: float = 0.5, out: np.ndarray | None = None
+) -> np.ndarray:
+    """(H, W, 3) uint8: `image * (1 - alpha) + colour * alpha` where the mask is not background, rounded.
+
+    Computed band by band, so a 100 MP picture needs no picture-sized float array. `out`: where to write
+    (it may be `image` itself, when the caller no longer needs the picture); a new array by default.
+    """
     if image.shape[:2] != mask.shape:
         raise ValueError(f"mask {mask.shape} does not match image {image.shape[:2]}")
-    colours = _colour_table(palette)[mask].astype(np.float32)
-    mixed = image.astype(np.float32) * (1.0 - alpha) + colours * alpha
-    out = image.copy()
-    painted = mask != BACKGROUND
-    out[painted] = np.floor(mixed[painted] + 0.5).astype(np.uint8)
+    if out is None:
+        out = image.copy()
+    elif out is not image:
+        out[...] = image
+    colours = _colour_table(palette)
+    rows = max(1, BAND_PIXELS // max(1, image.shape[1]))
+    for top in range(0, image.shape[0], rows):
+        band = mask[top : top + rows]
+        painted = band != BACKGROUND
+        if not painted.any():
+            continue
+        pixels = out[top : top + rows]
+        mixed = pixels[painted].astype(np.float32) * (1.0 - alpha) + colours[band[painted]].astype(np.float32) * alpha
+        pixels[painted] = np.floor(mixed + 0.5).astype(np.uint8)
     return out
+
+
+def classes_present(mask: np.ndarray) -> list[int]:
+    """The ids in a class-id mask, ascending; counted band by band (bincount widens to int64: 8 bytes a pixel)."""
+    if mask.dtype != np.uint8:
+        return np.unique(mask).tolist()
+    counts = np.zeros(256, dtype=np.int64)
+    rows = max(1, BAND_PIXELS // max(1, mask.shape[-1]))
+    for top in range(0, mask.shape[0], rows):
+        counts += np.bincount(mask[top : top + rows].ravel(), minlength=256)
+    return np.flatnonzero(counts).tolist()
 
 
 def _legend_font(height: int, width: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -68,25 +97,32 @@ def _legend_font(height: int, width: int) -> ImageFont.ImageFont | ImageFont.Fre
 
 
 def draw_legend(picture: Image.Image, entries: list[tuple[str, tuple[int, int, int]]]) -> Image.Image:
-    """`picture` (RGB) with a box in its top-left corner listing (name, colour) entries; clipped to the picture."""
+    """`picture` (RGB) with a box in its top-left corner listing (name, colour) entries; clipped to the picture.
+
+    Only the box's own region is composited, so a large picture is not copied to RGBA and back.
+    """
     if not entries:
         return picture
     font = _legend_font(picture.height, picture.width)
-    layer = Image.new("RGBA", picture.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
-    boxes = [draw.textbbox((0, 0), name, font=font) for name, _ in entries]
+    measure = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
+    boxes = [measure.textbbox((0, 0), name, font=font) for name, _ in entries]
     line = max(max(b[3] - b[1] for b in boxes), 8)
     swatch = line
     pad = max(2, line // 4)
     box_w = pad + swatch + pad + max(b[2] for b in boxes) + pad
     box_h = pad + len(entries) * (line + pad)
+    region = (0, 0, min(box_w, picture.width), min(box_h, picture.height))
+    layer = Image.new("RGBA", region[2:], (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
     draw.rectangle((0, 0, box_w - 1, box_h - 1), fill=LEGEND_BOX)
     y = pad
     for (name, colour), bbox in zip(entries, boxes):
         draw.rectangle((pad, y, pad + swatch - 1, y + swatch - 1), fill=(*colour, 255), outline=LEGEND_TEXT)
         draw.text((pad + swatch + pad, y - bbox[1]), name, font=font, fill=LEGEND_TEXT)
         y += line + pad
-    return Image.alpha_composite(picture.convert("RGBA"), layer).convert("RGB")
+    corner = Image.alpha_composite(picture.crop(region).convert("RGBA"), layer).convert("RGB")
+    picture.paste(corner, region[:2])
+    return picture
 
 
 def _class_name(class_id: int, class_names: list[str]) -> str:
@@ -102,16 +138,22 @@ def overlay(
     class_names: list[str],
     alpha: float = 0.5,
     legend: bool = True,
+    in_place: bool = False,
 ) -> Image.Image:
     """An RGB picture the size of `image`: the mask's colours blended in (background left as is) and a
-    legend of the classes present in the top-left corner."""
+    legend of the classes present in the top-left corner.
+
+    `in_place`: blend into `image` itself (a writable uint8 array the caller no longer needs), which saves a
+    picture-sized copy on large pictures.
+    """
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
     mask = np.asarray(mask)
-    picture = Image.fromarray(blend(pixels, mask, palette, alpha))
+    reuse = in_place and pixels is image and pixels.flags.writeable
+    picture = Image.fromarray(blend(pixels, mask, palette, alpha, out=pixels if reuse else None))
     if not legend:
         return picture
     colours = _colour_table(palette)
-    entries = [(_class_name(c, class_names), tuple(int(v) for v in colours[c])) for c in np.unique(mask).tolist()]
+    entries = [(_class_name(c, class_names), tuple(int(v) for v in colours[c])) for c in classes_present(mask)]
     return draw_legend(picture, entries)
 
 
@@ -125,7 +167,7 @@ def _predict_one(
     from gluonseg.codecs.content_types import X_IMAGE
     from gluonseg.codecs.decode import decode_image
     from gluonseg.codecs.encode import encode_png_mask
-    from gluonseg.evaluate import WindowProgress
+    from gluonseg.progress import WindowProgress
 
     image = decode_image(source.read_bytes(), X_IMAGE, decode_max_pixels=decode_max_pixels)
     windows = WindowProgress(progress, source.name)
@@ -135,7 +177,7 @@ def _predict_one(
         windows.close()
     mask_path, overlay_path = output_paths(out, source)
     mask_path.write_bytes(encode_png_mask(mask, predictor.palette))
-    overlay(image, mask, predictor.palette, predictor.class_names, alpha).save(overlay_path, "PNG")
+    overlay(image, mask, predictor.palette, predictor.class_names, alpha, in_place=True).save(overlay_path, "PNG")
     return PredictResult(str(source), True, mask_path=mask_path, overlay_path=overlay_path)
 
 
@@ -155,8 +197,8 @@ def predict_files(
     """
     from gluonseg.codecs.decode import DEFAULT_DECODE_MAX_PIXELS
     from gluonseg.errors import ClientError
-    from gluonseg.evaluate import with_progress
     from gluonseg.inference.loading import load_predictor
+    from gluonseg.progress import with_progress
 
     if not 0.0 <= alpha <= 1.0:
         raise ClientError(f"alpha must be between 0 and 1, got {alpha}")

@@ -19,6 +19,7 @@ from typing import Any
 from gluonseg.codecs.content_types import JPEG
 from gluonseg.codecs.decode import DEFAULT_DECODE_MAX_PIXELS
 from gluonseg.errors import ClientError, RequestError
+from gluonseg.progress import WindowProgress
 from gluonseg.util import available_cpus
 from serve.handler import Context, SegmentationHandler
 from serve.workers import prepare_worker_process
@@ -44,18 +45,35 @@ def input_files(root: Path) -> Iterator[Path]:
 
 
 def _init_worker(
-    model_dir: str, accept: str, content_type: str, decode_max_pixels: int, threads: int, inference: dict[str, Any]
+    model_dir: str,
+    accept: str,
+    content_type: str,
+    decode_max_pixels: int,
+    threads: int,
+    inference: dict[str, Any],
+    show_bar: bool,
+    slots: Any = None,
 ) -> None:
     prepare_worker_process(threads)
     handler = SegmentationHandler()
     context = Context(Path(model_dir), default_accept=accept, decode_max_pixels=decode_max_pixels, **inference)
     handler.initialize(context)
-    _worker.update(handler=handler, context=context, accept=accept, content_type=content_type)
+    position = 1
+    if slots is not None:  # a pool worker: its windows' bar takes a terminal line of its own, under the files' bar
+        with slots.get_lock():
+            position += slots.value
+            slots.value += 1
+    _worker.update(
+        handler=handler, context=context, accept=accept, content_type=content_type, show=show_bar, position=position
+    )
 
 
 def _transform_one(job: tuple[str, str]) -> TransformResult:
     source, target = job
     handler, context = _worker["handler"], _worker["context"]
+    # A picture that takes a while (slide scale, TTA) gets a bar over its windows on a terminal; elsewhere the
+    # handler's log line per large picture says the same.
+    context.progress = WindowProgress(_worker["show"], Path(source).name, position=_worker["position"])
     try:
         body = Path(source).read_bytes()
         context.request_headers = [{"Content-Type": _worker["content_type"], "Accept": _worker["accept"]}]
@@ -72,6 +90,9 @@ def _transform_one(job: tuple[str, str]) -> TransformResult:
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
         log.exception("failed on %s", source)
         return TransformResult(source, False, f"internal error: {type(exc).__name__}: {exc}")
+    finally:
+        context.progress.close()
+        context.progress = None
 
 
 def transform_folder(
@@ -91,17 +112,19 @@ def transform_folder(
     files = list(input_files(input_dir))
     work = [(str(f), str(output_dir / f.relative_to(input_dir)) + ".out") for f in files]
     threads = max(1, available_cpus() // max(jobs, 1))  # the cores this process may use, not the machine's
-    init_args = (str(model_dir), accept, content_type, decode_max_pixels, threads, inference)
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
+    init_args = (str(model_dir), accept, content_type, decode_max_pixels, threads, inference, show)
     results: list[TransformResult] = []
     if jobs <= 1:
         _init_worker(*init_args)
         iterator = map(_transform_one, work)
         pool = None
     else:
-        pool = mp.get_context("fork").Pool(jobs, initializer=_init_worker, initargs=init_args)
+        fork = mp.get_context("fork")
+        tqdm.get_lock()  # created before the fork, so that every worker's bar writes under the same lock
+        pool = fork.Pool(jobs, initializer=_init_worker, initargs=(*init_args, fork.Value("i", 0)))
         iterator = pool.imap(_transform_one, work)
     try:
         for result in tqdm(iterator, total=len(work), disable=not show, desc="transform", unit="file"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ class Context:
     tta: TTA = NO_TTA  # test-time augmentation (gluonseg.inference.tta)
     max_probability_bytes: int = DEFAULT_MAX_PROBABILITY_BYTES  # larger probabilities are refused (413)
     request_headers: list[dict[str, str]] = field(default_factory=list)
+    # Called as a picture's network windows finish, (done, total): `gluonseg transform`'s bar per large picture.
+    progress: Callable[[int, int], None] | None = None
 
     @property
     def system_properties(self) -> dict[str, Any]:
@@ -119,12 +122,14 @@ class SegmentationHandler:
         return requests
 
     def inference(self, requests: list[DecodedRequest]) -> list[tuple[Any, str]]:
-        assert self.predictor is not None
+        assert self.predictor is not None and self.context is not None
         outputs = []
         for request in requests:
             want_probabilities = request.accept in (RECORDIO_PROTOBUF, PROTOBUF)
             start = time.perf_counter()
-            prediction = self.predictor.predict(request.image, want_probabilities=want_probabilities)
+            prediction = self.predictor.predict(
+                request.image, want_probabilities=want_probabilities, progress=self.context.progress
+            )
             height, width = request.image.shape[:2]
             if height * width >= LARGE_PICTURE_PIXELS:
                 seconds = time.perf_counter() - start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -17,13 +18,14 @@ from PIL import Image
 from gluonseg.data.channels import pair_channel
 from gluonseg.data.images import load_image, load_mask
 from gluonseg.data.label_map import parse_label_map
-from gluonseg.evaluate import evaluate_folder, with_progress
+from gluonseg.evaluate import evaluate_folder
 from gluonseg.inference.loading import load_predictor
 from gluonseg.inference.predictor import Predictor
 from gluonseg.inference.tta import TTA
 from gluonseg.metrics import ConfusionMatrix
 from gluonseg.palette import voc_palette
 from gluonseg.plots import plot_confusion_matrix
+from gluonseg.progress import with_progress
 from gluonseg.visualize import blend, overlay
 from tests.support.e2e_jobs import REPO
 from tests.support.helpers import write_image
@@ -257,6 +259,44 @@ def test_overlay_blends_classes_keeps_background_and_draws_a_legend():
     assert np.array_equal(only_background, image)
 
 
+def test_overlay_of_a_large_picture_blends_in_bands_without_picture_sized_float_copies(monkeypatch):
+    import tracemalloc
+
+    import gluonseg.visualize
+
+    rng = np.random.default_rng(1)
+    palette = voc_palette()
+    image = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    mask = rng.integers(0, 4, (300, 200), dtype=np.uint8)
+    colours = np.array(palette[:12], dtype=np.float32).reshape(4, 3)
+    mixed = np.floor(image.astype(np.float32) * (1.0 - 0.3) + colours[mask] * 0.3 + 0.5)  # float32, as documented
+    want = np.where((mask != 0)[..., None], mixed, image)
+    monkeypatch.setattr(gluonseg.visualize, "BAND_PIXELS", 1000)  # 5 rows a band: many band edges
+    assert np.array_equal(blend(image, mask, palette, alpha=0.3), want)
+    target = image.copy()
+    assert blend(target, mask, palette, alpha=0.3, out=target) is target and np.array_equal(target, want)
+    monkeypatch.undo()
+
+    # 24 MP: the old whole-picture float32 blend took about 12x the picture's bytes on top of it
+    big = np.ascontiguousarray(np.broadcast_to(image[:1, :1], (4000, 6000, 3)))
+    big_mask = np.ones((4000, 6000), dtype=np.uint8)
+    big_mask[:, :3000] = 0
+    tracemalloc.start()
+    try:
+        picture = overlay(big, big_mask, palette, ["background", "aeroplane"], in_place=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < big.nbytes / 2, peak
+    assert picture.size == (6000, 4000)
+    blended = np.floor(image[0, 0] * 0.5 + np.array(palette[3:6]) * 0.5 + 0.5).astype(np.uint8)
+    assert np.array_equal(big[-1, -1], blended) and np.array_equal(big[-1, 0], image[0, 0])  # blended in place
+    assert np.array_equal(np.asarray(picture)[-1, -1], blended)
+
+    tiny = overlay(image[:6, :6], mask[:6, :6] * 0 + 1, palette, ["background", "aeroplane"])
+    assert tiny.size == (6, 6)  # the legend box is clipped to a picture smaller than it
+
+
 def test_confusion_matrix_plot_survives_an_empty_row(tmp_path):
     matrix = np.array([[50, 5, 0], [0, 0, 0], [3, 0, 9]])  # class 1 never labelled
     plot_confusion_matrix(matrix, ["background", "a", "b"], tmp_path / "cm.png")
@@ -268,9 +308,9 @@ def test_confusion_matrix_plot_survives_an_empty_row(tmp_path):
 
 
 def test_progress_without_a_terminal_logs_about_every_tenth(caplog):
-    with caplog.at_level(logging.INFO, logger="gluonseg.evaluate"):
+    with caplog.at_level(logging.INFO, logger="gluonseg.progress"):
         assert list(with_progress(range(25), 25, "evaluate", show_bar=False)) == list(range(25))
-    lines = [r.getMessage() for r in caplog.records if r.name == "gluonseg.evaluate"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "gluonseg.progress"]
     assert 9 <= len(lines) <= 13
     assert lines[-1].startswith("evaluate: 25/25 images (100%")
 
@@ -309,3 +349,34 @@ def test_predict_at_slide_scale_with_tta_and_bad_slide_flags_named(trained_model
         proc = gluonseg("predict", "--model-dir", trained_model_dir, picture, "--out", out, *bad)
         assert proc.returncode == 2 and named in proc.stderr, (bad, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_transform_shows_a_bar_over_each_pictures_windows_on_a_terminal(
+    trained_model_dir, tmp_path, monkeypatch, capfd, jobs
+):
+    import gluonseg.progress
+    from serve.batch import transform_folder
+
+    monkeypatch.setattr(gluonseg.progress, "WINDOW_BAR_DELAY_S", 0.0)  # the tiny model's pictures take no time
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, seed in (("first.png", 1), ("second.png", 2)):
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (90, 250, 3), dtype=np.uint8)).save(folder / name)
+    settings = dict(backend="mxnet", scale="slide", slide_window=64, slide_stride=40, tta=TTA(True, (0.75, 1.0)))
+    reference = load_predictor(trained_model_dir, **settings)
+    windows = sum(reference.windows_for(90, 250, scale) for scale, _ in reference.tta.views)
+    assert windows > 4
+
+    results = transform_folder(trained_model_dir, folder, tmp_path / "out", jobs=jobs, progress=True, **settings)
+    assert [r.ok for r in results] == [True, True]
+    err = capfd.readouterr().err
+    for name in ("first.png", "second.png"):
+        assert f"{name}:   0%|" in err and f"| 0/{windows} [" in err, err[-2000:]
+    assert "transform: 100%" in err  # the files' bar above them
+    expected = reference.predict(np.asarray(Image.open(folder / "first.png")))
+    with Image.open(io.BytesIO((tmp_path / "out" / "first.png.out").read_bytes())) as mask:
+        assert np.array_equal(np.asarray(mask), expected.mask)
+
+    transform_folder(trained_model_dir, folder, tmp_path / "quiet", jobs=jobs, progress=False, **settings)
+    assert "window" not in capfd.readouterr().err  # no terminal: the handler's log line per large picture instead
