@@ -45,7 +45,7 @@ from gluonseg.inference.onnx_backends import threads
 from gluonseg.inference.onnx_cache import export_folder, folder_lock
 from gluonseg.inference.onnx_export import CHECK_MAX_PIXELS, check_pictures
 from gluonseg.inference.precision import INT8_SYMBOL
-from gluonseg.util import cpu_flags, cpu_model, file_digest
+from gluonseg.util import cpu_flags, cpu_model, params_digest
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def choice_key(artifact: ModelArtifact) -> dict[str, Any]:
         "cpu": cpu_model(),
         "flags": sorted(cpu_flags()),
         "threads": threads(),
-        "params_sha256": file_digest(artifact.params_path),
+        "params_sha256": params_digest(artifact.params_path),
         "versions": {lib.__name__: lib.__version__ for lib in (mxnet, onnxruntime, openvino)},
         "onnxruntime_providers": onnxruntime.get_available_providers(),  # a GPU seen or not changes the race
     }

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -81,6 +80,13 @@ class OnnxRuntimeNetwork:
         return out if data.ndim == 4 else out[0]
 
 
+# OpenVINO's CPU plugin keeps compiled kernels for each input shape it has seen, up to 5,000 shapes by default: a
+# worker answering pictures of varied sizes grew about 8 MB a picture (FCN-ResNet-50, 300-1000 px a side: 538 MB
+# loaded, 2,074 MB after 150 pictures). Without the cache it stays flat (1,106 MB after 100) at the same speed
+# for repeated shapes (BENCHMARKS.md, *worker memory*).
+RUNTIME_CACHE_CAPACITY = 0
+
+
 class OpenVinoNetwork:
     backend = "openvino"
 
@@ -98,6 +104,7 @@ class OpenVinoNetwork:
             # OpenVINO pins its threads to cores by default, counting from the first: two 1-thread server
             # workers then share one core (measured: half the requests/s). Pin only a process that has them all.
             "ENABLE_CPU_PINNING": count >= available_cpus(),
+            "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_CAPACITY,
         }
         self._compiled = core.compile_model(self._read(core, Path(path), precision), "CPU", config)
         used = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # 'bf16' or 'f32'
@@ -110,20 +117,22 @@ class OpenVinoNetwork:
 
     @staticmethod
     def _read(core: Any, path: Path, precision: str) -> Any:
-        """The model, with large-dilation convolutions split for BF16 (gluonseg.inference.onnx_rewrites)."""
+        """The model, with large-dilation convolutions split for BF16 (gluonseg.inference.onnx_rewrites).
+
+        The file is read once: OpenVINO reads the (possibly rewritten) model from the same bytes.
+        """
         if precision != "bf16":
             return core.read_model(str(path))
         import onnx
 
-        model = onnx.load(str(path))
+        data = path.read_bytes()
+        model = onnx.load_model_from_string(data)
         count = split_large_dilations(model)
-        if not count:
-            return core.read_model(str(path))
-        with tempfile.TemporaryDirectory(prefix="gluonseg-openvino-") as scratch:
-            rewritten = Path(scratch) / "model.onnx"
-            onnx.save(model, str(rewritten))
+        if count:
             log.info("OpenVINO BF16: %d large-dilation convolution(s) run as 1x1 taps (onnx_rewrites)", count)
-            return core.read_model(str(rewritten))  # read whole: the file may go once this returns
+            data = model.SerializeToString()
+        del model  # the graph's weights: as large as the file
+        return core.read_model(data)
 
     def logits(self, data: np.ndarray) -> np.ndarray:
         batch = data if data.ndim == 4 else data[None]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from gluonseg.artifacts import ModelArtifact
 from gluonseg.inference.onnx_export import ONNX_FILE, export_onnx, read_record
-from gluonseg.util import file_digest
+from gluonseg.util import params_digest
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _writable(folder: Path) -> bool:
 
 def export_folder(artifact: ModelArtifact, digest: str | None = None) -> Path:
     """Where the model's free-shape export is, or will be made (see the module docstring); nothing exported."""
-    digest = digest or file_digest(artifact.params_path)
+    digest = digest or params_digest(artifact.params_path)
     folder = artifact.folder
     if _usable(folder, digest):
         return folder
@@ -58,7 +58,7 @@ def export_folder(artifact: ModelArtifact, digest: str | None = None) -> Path:
 
 def exported_model(artifact: ModelArtifact) -> Path:
     """model.onnx (free shape) of the model folder's parameters, exported now if there is none yet."""
-    digest = file_digest(artifact.params_path)
+    digest = params_digest(artifact.params_path)
     folder = export_folder(artifact, digest)
     if _usable(folder, digest):
         return folder / ONNX_FILE

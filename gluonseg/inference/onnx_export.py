@@ -38,7 +38,7 @@ from gluonseg.inference.onnx_ops import EXPORTER_OPSETS, INPUT_NAME, size_follow
 from gluonseg.inference.precision import calibration_image_paths
 from gluonseg.inference.shape_graphs import respecialise, traced_symbol
 from gluonseg.models import load_trained_network
-from gluonseg.util import file_digest
+from gluonseg.util import params_digest
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ def _record(
         "output": {"name": OUTPUT_NAME, "shape": [dims[0], artifact.num_classes, dims[2], dims[3]], "dtype": "float32"},
         "dynamic": shape is None,
         "opset": opset,
-        "source": {"params": artifact.params_path.name, "sha256": file_digest(artifact.params_path)},
+        "source": {"params": artifact.params_path.name, "sha256": params_digest(artifact.params_path)},
         "versions": {**versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         "parity": parity,
         "export_seconds": round(seconds, 2),

@@ -48,7 +48,7 @@ from gluonseg.errors import ClientError, error_summary
 from gluonseg.inference.choices import check_precision
 from gluonseg.inference.geometry import network_tiles
 from gluonseg.models import load_trained_network
-from gluonseg.util import cpu_flags, file_digest
+from gluonseg.util import cpu_flags, params_digest
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def load_int8(artifact: ModelArtifact, ctx: mx.Context) -> gluon.SymbolBlock | N
     except (OSError, ValueError) as exc:
         log.warning("%s is unreadable (%s); ignoring the INT8 files", record_path, exc)
         return None
-    if record.get("source_sha256") != file_digest(artifact.params_path, "sha256"):
+    if record.get("source_sha256") != params_digest(artifact.params_path, "sha256"):
         log.warning(
             "%s was made from other parameters than %s (retrained since?); ignoring it",
             INT8_SYMBOL,
@@ -225,7 +225,7 @@ def export_int8(model_dir: Path, calibration_dir: Path, num_images: int = DEFAUL
     record = {
         "format": INT8_FORMAT,
         "source_params": artifact.params_path.name,
-        "source_sha256": file_digest(artifact.params_path, "sha256"),
+        "source_sha256": params_digest(artifact.params_path, "sha256"),
         "calibration_dir": str(calibration_dir),
         "calibration_images": [p.name for p in paths],
         "calibration_tiles": int(len(tiles)),

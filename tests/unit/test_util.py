@@ -36,3 +36,21 @@ def test_error_summary_finds_mxnets_reason_under_its_stack():
     assert summary.startswith("Check failed: ") and summary.endswith("Invalid NDArray file format")
     assert error_summary(ValueError("first\nsecond")) == "first"
     assert error_summary(KeyError()) == "KeyError"
+
+
+def test_params_digest_reads_a_file_once_until_it_changes(tmp_path, monkeypatch):
+    path = tmp_path / "model_best.params"
+    path.write_bytes(b"a" * 1000)
+    reads = []
+    real = util.file_digest
+    monkeypatch.setattr(util, "file_digest", lambda p, a="sha256": reads.append(p) or real(p, a))
+    first = util.params_digest(path)
+    assert first == real(path) and util.params_digest(path) == first and len(reads) == 1
+    assert util.params_digest(path, "sha1") == real(path, "sha1") and len(reads) == 2  # per algorithm
+
+    path.write_bytes(b"b" * 1000)  # same size: the new mtime tells
+    os.utime(path, ns=(1, 2))
+    assert util.params_digest(path) == real(path) != first and len(reads) == 3
+    path.write_bytes(b"b" * 1001)
+    os.utime(path, ns=(1, 2))  # same mtime: the new size tells
+    assert util.params_digest(path) == real(path) and len(reads) == 4
