@@ -81,9 +81,9 @@ class OnnxRuntimeNetwork:
 
 
 # OpenVINO's CPU plugin keeps compiled kernels for each input shape it has seen, up to 5,000 shapes by default: a
-# worker answering pictures of varied sizes grew about 8 MB a picture (FCN-ResNet-50, 300-1000 px a side: 538 MB
-# loaded, 2,074 MB after 150 pictures). Without the cache it stays flat (1,106 MB after 100) at the same speed
-# for repeated shapes (BENCHMARKS.md, *worker memory*).
+# worker answering pictures of varied sizes (native scale: each size is a shape) grew 5-7 MB a picture for good
+# (150 pictures of 300-1000 px: +820 to +1,050 MB). Without the cache it stays flat (+19 to +129 MB), and
+# repeated shapes run as fast (BENCHMARKS.md, *openvino shapes*).
 RUNTIME_CACHE_CAPACITY = 0
 
 

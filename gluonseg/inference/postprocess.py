@@ -67,18 +67,41 @@ def band_rows(num_classes: int, width: int) -> int:
     return max(1, BAND_ELEMENTS // max(1, num_classes * width))
 
 
-def resize_bands(bands: Iterable[np.ndarray], in_h: int, in_w: int, height: int, width: int) -> Iterator[np.ndarray]:
+def source_columns(first: int, end: int, width: int, in_w: int) -> tuple[int, int]:
+    """The input columns [a, b) that output columns [first, end) of a resize from `in_w` to `width` read."""
+    if in_w == width:
+        return first, end
+    x0, x1, _ = _bilinear_taps(width, in_w)
+    return int(x0[first]), int(x1[end - 1]) + 1
+
+
+def resize_bands(
+    bands: Iterable[np.ndarray],
+    in_h: int,
+    in_w: int,
+    height: int,
+    width: int,
+    columns: tuple[int, int] | None = None,
+) -> Iterator[np.ndarray]:
     """Bilinear resize (half-pixel centres) of logits (C, in_h, in_w) given as consecutive bands of rows.
 
     Yields (C, rows, width) float32 bands of the resized logits, top to bottom, each `band_rows` rows
     (the last one shorter) whatever the input bands were: streams of the same output size then band
     alike (`combine` relies on it). Holds the input rows the next output band reads, and no more.
+
+    `columns` (first, end): only those output columns, from bands that hold exactly the input columns they
+    read (`source_columns`): a column strip of the same resize, value for value.
     """
+    first, end = columns or (0, width)
     if (in_h, in_w) == (height, width):
         yield from _rebanded(bands, height)
         return
     y0, y1, wy = _bilinear_taps(height, in_h)
     x0, x1, wx = _bilinear_taps(width, in_w)
+    if columns is not None:  # the bands start at the first input column these output columns read
+        left_column = int(x0[first])
+        x0, x1, wx = x0[first:end] - left_column, x1[first:end] - left_column, wx[first:end]
+        width = end - first
     held: np.ndarray | None = None  # input rows [held_top, held_top + len)
     held_top = 0
     top = 0  # next output row

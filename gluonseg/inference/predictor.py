@@ -7,9 +7,11 @@ softmax, averaging and argmax of the logits in gluonseg.inference.postprocess.
 Memory at slide scale: the logits of the whole picture are never held. The windows are run a row of
 windows at a time, their weighted logits added into one band of rows as tall as a window and as wide as
 the picture (C x window x width float32); the rows no later window reaches are blended, resized,
-softmaxed and argmaxed band by band into the uint8 mask, then the band moves down. A worker's memory for
-a picture is then its pixels (3 bytes each, plus a resized copy when the working resolution differs), the
-mask (1 byte a pixel), that band and the windows in flight, not C x H x W floats.
+softmaxed and argmaxed band by band into the uint8 mask, then the band moves down. Where that band would
+pass SLIDE_BAND_BYTES (a very wide picture), the picture is done in column strips, each with a band as wide
+as the strip (gluonseg.inference.windows), so the band's size does not grow with the picture. A worker's
+memory for a picture is then its pixels (3 bytes each, plus a resized copy when the working resolution
+differs), the mask (1 byte a pixel), that band and the windows in flight, not C x H x W floats.
 
 The network is any backend's (gluonseg.inference.network):
 MXNet in FP32, INT8 or BF16, or the exported ONNX model in ONNX Runtime or OpenVINO; everything around
@@ -48,9 +50,18 @@ from gluonseg.inference.postprocess import (
     check_probabilities_size,
     combine,
     resize_bands,
+    source_columns,
 )
 from gluonseg.inference.tta import NO_TTA, TTA
-from gluonseg.inference.windows import WindowPlan, check_window, default_window, plan_windows, slide_size
+from gluonseg.inference.windows import (
+    WindowPlan,
+    check_window,
+    column_strips,
+    default_window,
+    plan_windows,
+    slide_size,
+    strip_starts,
+)
 from gluonseg.palette import class_names as default_names
 from gluonseg.palette import voc_palette
 
@@ -162,9 +173,32 @@ class Predictor:
         height, width = image.shape[:2]
         if want_probabilities:
             check_probabilities_size(self._num_classes, height, width, self.max_probability_bytes)
-        counter = _Counter(sum(self.windows_for(height, width, scale) for scale, _ in self.tta.views), progress)
-        views = [self._view(image, scale, flipped, counter) for scale, flipped in self.tta.views]
-        prediction = combine(views, self._num_classes, height, width, want_probabilities)
+        views = self.tta.views
+        counter = _Counter(sum(self.windows_for(height, width, scale, flipped) for scale, flipped in views), progress)
+        strips = self.column_strips(height, width)
+        if len(strips) == 1:
+            prediction = combine(
+                [self._view(image, scale, flipped, counter) for scale, flipped in views],
+                self._num_classes,
+                height,
+                width,
+                want_probabilities,
+            )
+        else:
+            prediction = Prediction(np.empty((height, width), dtype=np.uint8))
+            if want_probabilities:
+                prediction.probabilities = np.empty((self._num_classes, height, width), dtype=np.float32)
+            for first, end in strips:
+                part = combine(
+                    [self._view(image, scale, flipped, counter, (first, end)) for scale, flipped in views],
+                    self._num_classes,
+                    height,
+                    end - first,
+                    want_probabilities,
+                )
+                prediction.mask[:, first:end] = part.mask
+                if want_probabilities:
+                    prediction.probabilities[:, :, first:end] = part.probabilities
         prediction.windows = counter.done
         return prediction
 
@@ -223,10 +257,25 @@ class Predictor:
         """The slide windows over a height x width picture (at TTA scale `scale`)."""
         return plan_windows(*self.slide_resolution(height, width, scale), self.slide_window, self.slide_stride)
 
-    def windows_for(self, height: int, width: int, scale: float = 1.0) -> int:
-        """How many network windows one view of a height x width picture takes at this Predictor's scale."""
+    def column_strips(self, height: int, width: int) -> list[tuple[int, int]]:
+        """The output column ranges a picture is done in: one, unless a slide band would pass SLIDE_BAND_BYTES."""
+        if self.scale != "slide":
+            return [(0, width)]
+        widest = max(self.slide_resolution(height, width, scale)[1] for scale, _ in self.tta.views)
+        band = 4 * self._num_classes * self.slide_window * widest
+        return column_strips(width, -(-band // SLIDE_BAND_BYTES))
+
+    def windows_for(self, height: int, width: int, scale: float = 1.0, flipped: bool = False) -> int:
+        """How many network windows one view of a height x width picture takes at this Predictor's scale (at
+        slide scale in column strips, the windows that straddle a strip's edge count once for each side)."""
         if self.scale == "slide":
-            return self.window_plan(height, width, scale).count
+            plan = self.window_plan(height, width, scale)
+            total = 0
+            for first, end in self.column_strips(height, width):
+                if flipped:
+                    first, end = width - end, width - first
+                total += len(plan.ys) * len(strip_starts(plan, *source_columns(first, end, width, plan.width)))
+            return total
         if self.scale == "crop":
             new_h, new_w = resized_size(height, width, self._crop_size, self._short_side(scale))
             crop = self._crop_size
@@ -236,13 +285,27 @@ class Predictor:
     def _short_side(self, scale: float) -> int | None:
         return None if scale == 1.0 else max(1, round(self._crop_size * scale))
 
-    def _view(self, image: np.ndarray, scale: float, flipped: bool, counter: _Counter) -> Iterator[np.ndarray]:
-        """One view's logits resized to the image's size, in bands (postprocess.resize_bands); lazy."""
+    def _view(
+        self,
+        image: np.ndarray,
+        scale: float,
+        flipped: bool,
+        counter: _Counter,
+        columns: tuple[int, int] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """One view's logits resized to the image's size, in bands (postprocess.resize_bands); lazy.
+
+        `columns` (slide scale): only output columns [first, end) of the image.
+        """
         height, width = image.shape[:2]
         picture = image[:, ::-1] if flipped else image
+        first, end = columns or (0, width)
+        if flipped:  # the flipped view's output, mirrored back below, holds those columns mirrored
+            first, end = width - end, width - first
         if self.scale == "slide":
             h, w = self.slide_resolution(height, width, scale)
-            bands: Iterable[np.ndarray] = self._slide_bands(resize_picture(picture, h, w), counter)
+            strip = source_columns(first, end, width, w)
+            bands: Iterable[np.ndarray] = self._slide_bands(resize_picture(picture, h, w), counter, strip)
         else:
             picture = np.ascontiguousarray(picture)
             if self.scale == "native":
@@ -253,41 +316,51 @@ class Predictor:
                 logits = self.averaged_logits(picture, self._short_side(scale))
             counter.add(self.windows_for(height, width, scale))
             h, w = logits.shape[1:]
-            bands = [logits]
-        resized = resize_bands(bands, h, w, height, width)
+            bands = [logits[:, :, slice(*source_columns(first, end, width, w))]]
+        resized = resize_bands(bands, h, w, height, width, (first, end))
         # Mirrored back after the resize: a mirror-symmetric picture then gets exactly symmetric probabilities.
         yield from ((band[:, :, ::-1] for band in resized) if flipped else resized)
 
-    def _slide_bands(self, picture: np.ndarray, counter: _Counter) -> Iterator[np.ndarray]:
-        """Blended logits (C, rows, w) of `picture` (h, w, 3) at slide scale, top to bottom (module docstring)."""
+    def _slide_bands(
+        self, picture: np.ndarray, counter: _Counter, columns: tuple[int, int] | None = None
+    ) -> Iterator[np.ndarray]:
+        """Blended logits (C, rows, w) of `picture` (h, w, 3) at slide scale, top to bottom (module docstring);
+        with `columns` (start, stop), only those columns, from the windows that reach them."""
         h, w = picture.shape[:2]
         plan = plan_windows(h, w, self.slide_window, self.slide_stride)
+        start, stop = columns or (0, w)
+        starts = strip_starts(plan, start, stop)
         classes = self._num_classes
-        rows = band_rows(classes, w)
+        rows = band_rows(classes, stop - start)
         per_batch = max(1, WINDOW_BATCH_BYTES // (4 * classes * plan.win_h * plan.win_w))
-        band = np.zeros((classes, plan.win_h, w), dtype=np.float32)  # picture rows y .. y + win_h
+        band = np.zeros((classes, plan.win_h, stop - start), dtype=np.float32)  # rows y .. y + win_h
         for i, y in enumerate(plan.ys):
             valid_h = min(plan.win_h, h - y)
             weight_y = plan.weight_y[:valid_h, None]
-            for first in range(0, len(plan.xs), per_batch):
-                xs = plan.xs[first : first + per_batch]
+            for first in range(0, len(starts), per_batch):
+                xs = starts[first : first + per_batch]
                 logits = self.network.logits(np.stack([_window_input(picture, y, x, plan) for x in xs]))
                 for out, x in zip(logits, xs):
-                    valid_w = min(plan.win_w, w - x)
-                    part = out[:, :valid_h, :valid_w]
-                    part *= weight_y * plan.weight_x[:valid_w]
-                    band[:, :valid_h, x : x + valid_w] += part
+                    left, right = max(x, start), min(x + plan.win_w, w, stop)  # the window's part in the strip
+                    part = out[:, :valid_h, left - x : right - x]
+                    part *= weight_y * plan.weight_x[left - x : right - x]
+                    band[:, :valid_h, left - start : right - start] += part
                 counter.add(len(xs))
             final = (plan.ys[i + 1] if i + 1 < len(plan.ys) else h) - y  # rows no later window reaches
+            coverage_x = plan.total_x[None, start:stop]
             for top in range(0, final, rows):
                 end = min(top + rows, final)
-                yield band[:, top:end] / (plan.total_y[y + top : y + end, None] * plan.total_x[None, :])
+                yield band[:, top:end] / (plan.total_y[y + top : y + end, None] * coverage_x)
             if i + 1 < len(plan.ys):
                 keep = plan.win_h - final
                 for plane in band:  # plane by plane: an overlapping move buffers one plane, not the band
                     plane[:keep] = plane[final : final + keep]
                 band[:, keep:] = 0.0
 
+
+# A slide band (C x window x width float32) larger than this is split into column strips: about 6,000 columns at
+# 21 classes and window 512 (a 24 MP picture's width fits in one), so a 100 MP picture takes two strips.
+SLIDE_BAND_BYTES = 384 << 20
 
 # Windows per network call: as many as keep their logits (C x window^2 float32 each) within this: the ONNX
 # backends run them as one batch; memory in flight stays bounded whatever the picture.

@@ -18,6 +18,10 @@ with the next window is O = L - stride; all ones on an axis with a single window
 so every pixel's weights sum to a positive total, and the normalised weights a_k b_k / sum_k a_k b_k sum to 1
 at every pixel. The windows form a grid, so that total is separable: (sum_i a_i(y)) (sum_j b_j(x)), two
 vectors (`coverage`) rather than an array the size of the picture.
+
+Column strips: a very wide picture is blended strip by strip (`column_strips`), each strip from the windows
+that reach it (`strip_starts`): the same windows, weights and totals as a whole row, so the same values;
+the windows that straddle a strip's edge run once for each side.
 """
 
 from __future__ import annotations
@@ -127,3 +131,15 @@ def plan_windows(height: int, width: int, window: int, stride: int | None = None
         coverage(height, ys, weight_y),
         coverage(width, xs, weight_x),
     )
+
+
+def column_strips(width: int, count: int) -> list[tuple[int, int]]:
+    """`count` (at most `width`) consecutive column ranges [first, end) of nearly equal widths covering `width`."""
+    count = max(1, min(count, width))
+    edges = [round(i * width / count) for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def strip_starts(plan: WindowPlan, first: int, end: int) -> list[int]:
+    """The window offsets along x (plan.xs, in order) whose windows reach columns [first, end)."""
+    return [x for x in plan.xs if x < end and x + plan.win_w > first]

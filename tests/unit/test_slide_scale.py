@@ -15,7 +15,7 @@ from gluonseg.inference import postprocess
 from gluonseg.inference import predictor as predictor_module
 from gluonseg.inference.geometry import resize_picture
 from gluonseg.inference.loading import load_predictor
-from gluonseg.inference.postprocess import logits_to_prediction, resize_bands
+from gluonseg.inference.postprocess import logits_to_prediction, resize_bands, source_columns
 from gluonseg.inference.predictor import Predictor
 from gluonseg.inference.tta import TTA, parse_tta
 from gluonseg.inference.windows import check_window, plan_windows, slide_size
@@ -93,6 +93,16 @@ def test_logits_given_in_bands_resize_as_the_whole(src, dst, cuts, monkeypatch):
     np.testing.assert_array_equal(np.concatenate(streamed, axis=1), whole)
 
 
+@pytest.mark.parametrize(("src", "dst"), [((37, 23), (101, 50)), ((80, 40), (21, 9)), ((30, 30), (30, 30))])
+def test_a_column_strip_of_a_resize_is_those_columns_of_the_whole(src, dst):
+    logits = np.random.default_rng(4).normal(size=(3, *src)).astype(np.float32)
+    whole = np.concatenate(list(resize_bands([logits], *src, *dst)), axis=1)
+    for first, end in [(0, dst[1]), (0, 1), (3, 7), (dst[1] - 2, dst[1])]:
+        start, stop = source_columns(first, end, dst[1], src[1])
+        strip = resize_bands(np.split(logits[:, :, start:stop], [5], axis=1), *src, *dst, (first, end))
+        np.testing.assert_array_equal(np.concatenate(list(strip), axis=1), whole[:, :, first:end])
+
+
 # -- slide scale on a real (pointwise) network: every window answers what the whole picture does
 
 
@@ -163,6 +173,50 @@ def test_slide_memory_is_bounded_by_a_row_of_windows_not_the_picture(monkeypatch
     # the post-processing's temporaries of a few bands of BAND_ELEMENTS floats: nothing grows with H.
     bound = height * width + 2 * band + 2 * (8 << 20) + 12 * 4 * postprocess.BAND_ELEMENTS
     assert peak < bound < full / 4
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"slide_long_side": 170}, {"tta": TTA(True, (0.75, 1.0))}, {"slide_long_side": 250, "tta": TTA(True)}],
+)
+def test_column_strips_give_the_answer_of_whole_rows(options, monkeypatch):
+    predictor, _, _ = pointwise_predictor(scale="slide", slide_window=64, slide_stride=40, **options)
+    image = image_of(90, 301, seed=3)
+    whole = predictor.predict(image, want_probabilities=True)
+    assert predictor.column_strips(90, 301) == [(0, 301)]
+    single = sum(predictor.windows_for(90, 301, scale, flipped) for scale, flipped in predictor.tta.views)
+
+    monkeypatch.setattr(predictor_module, "SLIDE_BAND_BYTES", 4 * 5 * 64 * 80)  # strips of about 80 columns
+    strips = predictor.column_strips(90, 301)
+    assert len(strips) >= 3 and strips[0][0] == 0 and strips[-1][1] == 301
+    assert all(a[1] == b[0] for a, b in zip(strips, strips[1:]))
+    calls = []
+    striped = predictor.predict(image, want_probabilities=True, progress=lambda done, total: calls.append(total))
+    np.testing.assert_allclose(striped.probabilities, whole.probabilities, rtol=0, atol=1e-6)
+    assert np.array_equal(striped.mask, whole.mask)
+    # the windows that straddle a strip's edge run once for each side
+    assert striped.windows == calls[-1] > single == whole.windows
+
+
+def test_a_wide_picture_is_done_in_strips_so_the_band_does_not_grow_with_the_width(monkeypatch):
+    classes, height, width, window = 21, 150, 12000, 128
+    predictor, weight, bias = pointwise_predictor(classes, scale="slide", slide_window=window)
+    monkeypatch.setattr(predictor_module, "WINDOW_BATCH_BYTES", 4 << 20)
+    monkeypatch.setattr(predictor_module, "SLIDE_BAND_BYTES", 16 << 20)
+    image = image_of(height, width, seed=2)
+    band = 4 * classes * window * width  # one row of windows across the whole width: 129 MB
+    assert len(predictor.column_strips(height, width)) == -(-band // (16 << 20))
+    tracemalloc.start()
+    try:
+        mask = predictor.predict(image).mask
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # One strip's band (16 MB), a batch of windows, the post-processing's bands and the mask: well under the
+    # whole row's band, which alone would pass the bound.
+    assert peak < band / 2, peak
+    expected = pointwise_logits(weight, bias, image).argmax(axis=0)
+    assert (mask == expected).mean() > 0.999  # ties in float32 aside, the per-pixel classes
 
 
 # -- real trained models
