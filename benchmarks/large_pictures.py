@@ -34,7 +34,7 @@ from benchmarks.common.server import Server
 
 REPO = Path(__file__).resolve().parents[1]
 OVERLAY = REPO / "docs" / "native_vs_slide.png"
-LARGE = {"24 MP": (6000, 4000), "100 MP": (12000, 8400)}
+LARGE = {"24 MP": (6000, 4000), "100 MP": (12000, 8400), "100 MP wide": (40000, 2500)}
 NATIVE = (1152, 864)
 WINDOW = 512
 TILE = 200
@@ -198,8 +198,11 @@ request (the largest picture so far on that worker).
 The native server started first and made the model's ONNX export in its worker (MXNet's memory stays in
 its RSS); the slide server found the export, hence its lower loaded RSS. At 100 MP the largest parts of the
 peak are the decoded picture (300 MB as numpy, 400 MB more in PIL while it decodes), the mask (100 MB, and
-100 MB for its PNG image) and the band of one row of windows (21 x 512 x 12,000 x 4 B = 516 MB); a window of
-256 halves the band. The (21, 8400, 12000) float32 logits alone would be 8.5 GB.
+100 MB for its PNG image) and the band of window rows: a row of windows across 12,000 columns would take
+21 x 512 x 12,000 x 4 B = 516 MB, so the picture is done in 2 column strips of 258 MB (bands over 384 MB are
+split: `SLIDE_BAND_BYTES`), and the 40,000-pixel-wide one in 5 strips of 344 MB instead of one band of 1.7 GB;
+the windows that straddle a strip's edge run once for each side (the windows column counts them). The
+(21, 8400, 12000) float32 logits alone would be 8.5 GB.
 
 **A large picture of small objects** (in-process, {args.backend} {args.precision}): 300 generated validation
 pictures at 200x200 (the scale the model was trained at) tiled into 4000x3000; the trained FCN-ResNet-50 of the
