@@ -130,6 +130,16 @@ def pointwise_logits(weight: np.ndarray, bias: np.ndarray, image: np.ndarray) ->
     return np.einsum("kc,chw->khw", weight, normalize(image)) + bias[:, None, None]
 
 
+def mask_and_peak_memory(predictor: Predictor, image: np.ndarray) -> tuple[np.ndarray, int]:
+    """The mask, and the most memory numpy held at once while predicting it (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        mask = predictor.predict(image).mask
+        return mask, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("size", [(1, 1), (50, 70), (64, 200), (150, 97), (301, 129)])
 def test_slide_blends_windows_back_into_the_whole_picture(size, monkeypatch):
     monkeypatch.setattr(postprocess, "BAND_ELEMENTS", 5 * size[1] * 7)  # several bands per window row
@@ -160,12 +170,7 @@ def test_slide_memory_is_bounded_by_a_row_of_windows_not_the_picture(monkeypatch
     predictor, _, _ = pointwise_predictor(classes, scale="slide", slide_window=window)
     monkeypatch.setattr(predictor_module, "WINDOW_BATCH_BYTES", 8 << 20)
     image = image_of(height, width, seed=1)
-    tracemalloc.start()
-    try:
-        mask = predictor.predict(image).mask
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    mask, peak = mask_and_peak_memory(predictor, image)
     assert mask.shape == (height, width)
     full = 4 * classes * height * width  # the (C, H, W) float32 logits: 504 MB
     band = 4 * classes * window * width  # one row of windows: 21.5 MB
@@ -206,12 +211,7 @@ def test_a_wide_picture_is_done_in_strips_so_the_band_does_not_grow_with_the_wid
     image = image_of(height, width, seed=2)
     band = 4 * classes * window * width  # one row of windows across the whole width: 129 MB
     assert len(predictor.column_strips(height, width)) == -(-band // (16 << 20))
-    tracemalloc.start()
-    try:
-        mask = predictor.predict(image).mask
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    mask, peak = mask_and_peak_memory(predictor, image)
     # One strip's band (16 MB), a batch of windows, the post-processing's bands and the mask: well under the
     # whole row's band, which alone would pass the bound.
     assert peak < band / 2, peak
