@@ -48,7 +48,7 @@ setup(
         "flask",
         "werkzeug",  # gluonseg.codecs negotiates Accept with it (flask brings it too)
         "gunicorn",
-        "protobuf>=4,<5",
+        "protobuf>=5.29.6,<6",
         "tqdm",
         "matplotlib",
     ],
