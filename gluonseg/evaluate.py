@@ -28,6 +28,7 @@ from gluonseg.data.channels import Sample, pair_channel, scan_masks
 from gluonseg.data.images import load_image, load_mask
 from gluonseg.data.label_map import MAX_LABEL_MAP_BYTES, LabelMap, parse_label_map
 from gluonseg.environment import read_json_file
+from gluonseg.inference.windows import default_stride
 from gluonseg.metrics import ConfusionMatrix
 from gluonseg.progress import WindowProgress, with_progress
 from gluonseg.training.class_weights import RARE_SHARE
@@ -50,7 +51,7 @@ def describe_inference(predictor: Any) -> str:
     """The scale and test-time augmentation a Predictor runs, in one line (evaluate prints it)."""
     scale = predictor.scale
     if scale == "slide":
-        stride = predictor.slide_stride or f"{int(predictor.slide_window * 2 / 3)}"
+        stride = predictor.slide_stride or default_stride(predictor.slide_window)
         size = f"long side {predictor.slide_long_side}" if predictor.slide_long_side else "own size"
         scale += f" ({size}, window {predictor.slide_window}, stride {stride})"
     elif scale == "native":
@@ -150,11 +151,8 @@ def _score(predictor: Any, samples: list[Sample], label_map: LabelMap, progress:
     for sample in with_progress(samples, len(samples), "evaluate", progress):
         image = load_image(sample.image_path, sample.image_file, apply_exif=False)
         label = label_map.apply(load_mask(sample.mask_path, sample.mask_file))
-        windows = WindowProgress(progress, sample.image_path.name)
-        try:
+        with WindowProgress(progress, sample.image_path.name) as windows:
             cm.update(predictor.predict(image, progress=windows).mask, label)
-        finally:
-            windows.close()
     return cm
 
 

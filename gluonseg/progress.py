@@ -53,7 +53,8 @@ class WindowProgress:
     shown once the picture has taken WINDOW_BAR_DELAY_S (large pictures at slide scale or under TTA).
 
     `position`: the terminal line under the folder's bar (1 for a single process; pool workers each take
-    their own line, sharing tqdm's lock so that bars do not overwrite each other). `close` after the picture.
+    their own line, sharing tqdm's lock so that bars do not overwrite each other). A context manager: the bar
+    goes when the picture is done, whether or not it succeeded.
     """
 
     def __init__(
@@ -76,7 +77,10 @@ class WindowProgress:
             )
         self.bar.update(done - self.bar.n)
 
-    def close(self) -> None:
+    def __enter__(self) -> WindowProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None

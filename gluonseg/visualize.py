@@ -170,11 +170,8 @@ def _predict_one(
     from gluonseg.progress import WindowProgress
 
     image = decode_image(source.read_bytes(), X_IMAGE, decode_max_pixels=decode_max_pixels)
-    windows = WindowProgress(progress, source.name)
-    try:
+    with WindowProgress(progress, source.name) as windows:
         mask = predictor.predict(image, progress=windows).mask
-    finally:
-        windows.close()
     mask_path, overlay_path = output_paths(out, source)
     mask_path.write_bytes(encode_png_mask(mask, predictor.palette))
     overlay(image, mask, predictor.palette, predictor.class_names, alpha, in_place=True).save(overlay_path, "PNG")

@@ -73,26 +73,26 @@ def _transform_one(job: tuple[str, str]) -> TransformResult:
     handler, context = _worker["handler"], _worker["context"]
     # A picture that takes a while (slide scale, TTA) gets a bar over its windows on a terminal; elsewhere the
     # handler's log line per large picture says the same.
-    context.progress = WindowProgress(_worker["show"], Path(source).name, position=_worker["position"])
-    try:
-        body = Path(source).read_bytes()
-        context.request_headers = [{"Content-Type": _worker["content_type"], "Accept": _worker["accept"]}]
-        ((payload, _content_type),) = handler.handle([{"body": body}], context)
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(target + ".tmp")
-        tmp.write_bytes(payload)
-        os.replace(tmp, target)
-        return TransformResult(source, True)
-    except (RequestError, ClientError) as exc:
-        return TransformResult(source, False, str(exc))
-    except OSError as exc:
-        return TransformResult(source, False, f"{type(exc).__name__}: {exc}")
-    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-        log.exception("failed on %s", source)
-        return TransformResult(source, False, f"internal error: {type(exc).__name__}: {exc}")
-    finally:
-        context.progress.close()
-        context.progress = None
+    with WindowProgress(_worker["show"], Path(source).name, position=_worker["position"]) as windows:
+        context.progress = windows
+        try:
+            body = Path(source).read_bytes()
+            context.request_headers = [{"Content-Type": _worker["content_type"], "Accept": _worker["accept"]}]
+            ((payload, _content_type),) = handler.handle([{"body": body}], context)
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(target + ".tmp")
+            tmp.write_bytes(payload)
+            os.replace(tmp, target)
+            return TransformResult(source, True)
+        except (RequestError, ClientError) as exc:
+            return TransformResult(source, False, str(exc))
+        except OSError as exc:
+            return TransformResult(source, False, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+            log.exception("failed on %s", source)
+            return TransformResult(source, False, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            context.progress = None
 
 
 def transform_folder(

@@ -97,9 +97,7 @@ def tile_starts(length: int, crop_size: int) -> list[int]:
 def network_canvas(image: np.ndarray, crop_size: int, short_side: int | None = None) -> tuple[np.ndarray, int, int]:
     """Steps 1-2 of the module docstring: (normalised, padded (3, H', W') float32, resized h', resized w')."""
     new_h, new_w = resized_size(image.shape[0], image.shape[1], crop_size, short_side)
-    if (new_h, new_w) != image.shape[:2]:
-        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-    data = normalize(image)
+    data = normalize(resize_picture(image, new_h, new_w))
     canvas_h, canvas_w = max(new_h, crop_size), max(new_w, crop_size)
     if (canvas_h, canvas_w) != (new_h, new_w):
         data = np.pad(data, ((0, 0), (0, canvas_h - new_h), (0, canvas_w - new_w)))
@@ -153,9 +151,7 @@ def resize_picture(image: np.ndarray, height: int, width: int) -> np.ndarray:
 def native_canvas(image: np.ndarray, native_max_pixels: int = NATIVE_MAX_PIXELS) -> tuple[np.ndarray, int, int]:
     """(normalised, padded (3, H', W') float32, h', w'): the native-scale input for `image` (`native_size`)."""
     new_h, new_w = native_size(image.shape[0], image.shape[1], native_max_pixels)
-    if (new_h, new_w) != image.shape[:2]:
-        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-    data = normalize(image)
+    data = normalize(resize_picture(image, new_h, new_w))
     canvas_h, canvas_w = native_canvas_shape(new_h, new_w)
     if (canvas_h, canvas_w) != (new_h, new_w):
         data = np.pad(data, ((0, 0), (0, canvas_h - new_h), (0, canvas_w - new_w)))

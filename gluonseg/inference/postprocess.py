@@ -92,16 +92,16 @@ def resize_bands(
     `columns` (first, end): only those output columns, from bands that hold exactly the input columns they
     read (`source_columns`): a column strip of the same resize, value for value.
     """
-    first, end = columns or (0, width)
     if (in_h, in_w) == (height, width):
         yield from _rebanded(bands, height)
         return
     y0, y1, wy = _bilinear_taps(height, in_h)
     x0, x1, wx = _bilinear_taps(width, in_w)
     if columns is not None:  # the bands start at the first input column these output columns read
-        left_column = int(x0[first])
-        x0, x1, wx = x0[first:end] - left_column, x1[first:end] - left_column, wx[first:end]
-        width = end - first
+        strip = slice(*columns)
+        left_column = int(x0[strip][0])
+        x0, x1, wx = x0[strip] - left_column, x1[strip] - left_column, wx[strip]
+        width = columns[1] - columns[0]
     held: np.ndarray | None = None  # input rows [held_top, held_top + len)
     held_top = 0
     top = 0  # next output row
@@ -151,15 +151,25 @@ def _rebanded(bands: Iterable[np.ndarray], height: int) -> Iterator[np.ndarray]:
 
 
 def combine(
-    streams: list[Iterator[np.ndarray]], num_classes: int, height: int, width: int, want_probabilities: bool
+    streams: list[Iterator[np.ndarray]],
+    num_classes: int,
+    height: int,
+    width: int,
+    want_probabilities: bool,
+    out: Prediction | None = None,
 ) -> Prediction:
     """The answer from streams of resized logit bands (`resize_bands` to height x width, one per view).
 
     One stream: softmax and argmax band by band. Several (test-time augmentation): the average of their
-    softmax probabilities, band by band, and its argmax.
+    softmax probabilities, band by band, and its argmax. `out`: arrays (or views, such as a column strip of
+    a larger answer) of that size to write into; new ones by default.
     """
-    mask = np.empty((height, width), dtype=np.uint8)
-    probabilities = np.empty((num_classes, height, width), dtype=np.float32) if want_probabilities else None
+    if out is None:
+        out = Prediction(
+            np.empty((height, width), dtype=np.uint8),
+            np.empty((num_classes, height, width), dtype=np.float32) if want_probabilities else None,
+        )
+    mask, probabilities = out.mask, out.probabilities
     top = 0
     for bands in zip(*streams, strict=True):
         for band in bands:
@@ -177,7 +187,7 @@ def combine(
         top = end
     if top != height:
         raise ValueError(f"the bands covered {top} of {height} rows")
-    return Prediction(mask, probabilities)
+    return out
 
 
 def logits_to_prediction(logits: np.ndarray, height: int, width: int, want_probabilities: bool) -> Prediction:

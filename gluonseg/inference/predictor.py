@@ -175,30 +175,17 @@ class Predictor:
             check_probabilities_size(self._num_classes, height, width, self.max_probability_bytes)
         views = self.tta.views
         counter = _Counter(sum(self.windows_for(height, width, scale, flipped) for scale, flipped in views), progress)
-        strips = self.column_strips(height, width)
-        if len(strips) == 1:
-            prediction = combine(
-                [self._view(image, scale, flipped, counter) for scale, flipped in views],
-                self._num_classes,
-                height,
-                width,
-                want_probabilities,
+        prediction = Prediction(
+            np.empty((height, width), dtype=np.uint8),
+            np.empty((self._num_classes, height, width), dtype=np.float32) if want_probabilities else None,
+        )
+        for first, end in self.column_strips(height, width):  # one strip unless a slide band would be too wide
+            strip = Prediction(
+                prediction.mask[:, first:end],
+                None if prediction.probabilities is None else prediction.probabilities[:, :, first:end],
             )
-        else:
-            prediction = Prediction(np.empty((height, width), dtype=np.uint8))
-            if want_probabilities:
-                prediction.probabilities = np.empty((self._num_classes, height, width), dtype=np.float32)
-            for first, end in strips:
-                part = combine(
-                    [self._view(image, scale, flipped, counter, (first, end)) for scale, flipped in views],
-                    self._num_classes,
-                    height,
-                    end - first,
-                    want_probabilities,
-                )
-                prediction.mask[:, first:end] = part.mask
-                if want_probabilities:
-                    prediction.probabilities[:, :, first:end] = part.probabilities
+            streams = [self._view(image, scale, flipped, counter, (first, end)) for scale, flipped in views]
+            combine(streams, self._num_classes, height, end - first, want_probabilities, out=strip)
         prediction.windows = counter.done
         return prediction
 

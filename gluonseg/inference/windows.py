@@ -30,14 +30,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gluonseg.inference.geometry import MULTIPLE, NATIVE_MIN_SIDE, native_canvas_shape
-
-STRIDE_RATE = 2.0 / 3.0  # of the window, as GluonCV's MultiEvalModel
+from gluonseg.inference.geometry import MULTIPLE, NATIVE_MIN_SIDE, TILE_STRIDE_RATE, native_canvas_shape
 
 
 def default_window(crop_size: int) -> int:
     """The window when none is asked: crop_size (a multiple of 8 after hyperparameter parsing), at least 64."""
     return max(NATIVE_MIN_SIDE, crop_size - crop_size % MULTIPLE)
+
+
+def default_stride(window: int) -> int:
+    """The stride when none is asked: 2/3 of the window, as the crop scale's tiles and GluonCV's MultiEvalModel."""
+    return max(1, int(window * TILE_STRIDE_RATE))
 
 
 def check_window(window: int, stride: int | None = None) -> None:
@@ -114,7 +117,7 @@ class WindowPlan:
 
 def plan_windows(height: int, width: int, window: int, stride: int | None = None) -> WindowPlan:
     """The windows covering a `height` x `width` picture (module docstring); stride defaults to 2/3 window."""
-    stride = stride or max(1, int(window * STRIDE_RATE))
+    stride = stride or default_stride(window)
     check_window(window, stride)
     win_h, win_w = window_side(height, window), window_side(width, window)
     ys, xs = window_starts(height, win_h, stride), window_starts(width, win_w, stride)
