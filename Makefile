@@ -1,10 +1,13 @@
 # Two commands do everything on a fresh machine with Python 3.11: `make test` and `make demo`.
-# The environment lives in .venv/ and is built once from requirements.lock; the stamp file makes a
-# second run skip the install unless the lock or setup.py changed.
+# The environment lives in .venv/ and is built once from requirements.lock (the runtime set) and
+# requirements-dev.lock (tests, lint, protoc); the stamp files make a second run skip the install unless
+# a lock or setup.py changed. The images run `make install-runtime`: the runtime lock alone.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEPS_STAMP := $(VENV)/.installed-deps
 # The CUDA training image installs the same lock with mxnet swapped for mxnet-cu112 (same version); the GPU
 # serving image swaps onnxruntime for onnxruntime-gpu (same version).
 MXNET_PACKAGE ?= mxnet
@@ -14,9 +17,13 @@ export OMP_NUM_THREADS ?= 2
 export MXNET_ENGINE_TYPE ?= ThreadedEnginePerDevice
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: install test test-fast lint demo bench audit clean proto nginx
+.PHONY: install install-runtime install-deps test test-fast test-images images lint demo bench audit clean proto nginx
 
 install: $(STAMP) nginx
+
+install-runtime: $(RUNTIME_STAMP) nginx
+
+install-deps: $(DEPS_STAMP)
 
 # The scoring server runs nginx in front of gunicorn (serve/entry.py): Debian's package, as root.
 nginx:
@@ -27,30 +34,57 @@ nginx:
 	    echo "nginx is missing and this is not root; run: sudo apt-get install -y nginx"; exit 1; \
 	  fi; }
 
-$(STAMP): requirements.lock setup.py
+# The locked packages alone (the images install them before copying the sources, see Dockerfile.serve).
+$(DEPS_STAMP): requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	sed -e 's/^mxnet==/$(MXNET_PACKAGE)==/' -e 's/^onnxruntime==/$(ONNXRUNTIME_PACKAGE)==/' requirements.lock \
 	  > $(VENV)/requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r $(VENV)/requirements.txt
+	touch $(DEPS_STAMP)
+
+$(RUNTIME_STAMP): $(DEPS_STAMP) setup.py
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
 	$(MAKE) proto
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP) requirements-dev.lock
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements-dev.lock
+	$(PY) -m pip check
 	touch $(STAMP)
 
+# record_pb2.py from record.proto with the dev lock's grpcio-tools; where that is not installed (the images),
+# with a throwaway copy of the same two pins, deleted again, so the runtime set stays what the lock says.
 proto:
 	@if [ -f gluonseg/codecs/record.proto ]; then \
-	  $(PY) -m grpc_tools.protoc -Igluonseg/codecs --python_out=gluonseg/codecs gluonseg/codecs/record.proto; fi
+	  if $(PY) -c 'import grpc_tools' 2>/dev/null; then \
+	    $(PY) -m grpc_tools.protoc -Igluonseg/codecs --python_out=gluonseg/codecs gluonseg/codecs/record.proto; \
+	  else \
+	    tmp=$$(mktemp -d) && grep -E '^grpcio(-tools)?==' requirements-dev.lock > $$tmp/protoc.txt && \
+	    $(PY) -m pip install --disable-pip-version-check -q --no-deps --target $$tmp/site -r $$tmp/protoc.txt && \
+	    PYTHONPATH=$$tmp/site $(PY) -m grpc_tools.protoc -Igluonseg/codecs --python_out=gluonseg/codecs \
+	      gluonseg/codecs/record.proto; status=$$?; rm -rf $$tmp; exit $$status; \
+	  fi; fi
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install proto lint
-	$(PY) -m pytest -q tests
+# The Python suite, then the images built and run as SageMaker runs them (tests/containers, a Docker engine).
+test: install proto lint images
+	$(PY) -m pytest -q --durations=20 tests
 
 test-fast: install proto lint
 	$(PY) -m pytest -q tests/unit
+
+# Both CPU images (Dockerfile.train VARIANT=cpu, Dockerfile.serve), on a Docker engine that tools.images
+# installs and starts when there is none (root), over a stand-in base when Docker Hub cannot be reached.
+images: install
+	$(PY) -m tools.images build
+
+test-images: images
+	$(PY) -m pytest -q tests/containers
 
 demo: install proto
 	$(PY) -m gluonseg.demo --out demo-output
@@ -58,7 +92,7 @@ demo: install proto
 bench: install proto
 	$(PY) -m benchmarks.run_all
 
-# Offline audit of requirements.lock against security/pypa-advisories.json (SECURITY.md); add
+# Offline audit of both locks against security/pypa-advisories.json (SECURITY.md); add
 # ARGS=--online on a machine that reaches PyPI, with pip-audit on the PATH.
 audit: install
 	$(PY) -m tools.dependency_audit $(ARGS)

@@ -1,5 +1,6 @@
 """Package gluonseg. Install with the pinned set: see the Makefile's `install` target."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,13 @@ PROTO_DIR = HERE / "gluonseg" / "codecs"
 
 
 def compile_proto() -> None:
-    """Compile record.proto to record_pb2.py (grpcio-tools is in the lock file)."""
+    """Compile record.proto to record_pb2.py (grpcio-tools is in requirements-dev.lock).
+
+    Without grpcio-tools (the runtime set the images install) this is left to `make proto`, which
+    compiles it with a throwaway copy of the same pins.
+    """
     proto = PROTO_DIR / "record.proto"
-    if not proto.exists():
+    if not proto.exists() or importlib.util.find_spec("grpc_tools") is None:
         return
     subprocess.check_call(
         [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={PROTO_DIR}", str(proto)]
@@ -38,7 +43,7 @@ setup(
     packages=find_packages(include=["gluonseg", "gluonseg.*", "serve", "serve.*"]),
     package_data={"gluonseg": ["*.json", "codecs/*.proto"], "serve": ["nginx.conf.template"]},
     include_package_data=True,
-    # Versions are pinned in requirements.lock and installed from it (--no-deps); these are the
+    # Versions are pinned in requirements.lock (runtime) and installed from it (--no-deps); these are the
     # direct needs only, so `pip check` can tell when the lock misses something.
     install_requires=[
         "mxnet>=1.9.1,<2",

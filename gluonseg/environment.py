@@ -6,6 +6,7 @@ single-host job (`algo-1`), which is what `docker run IMAGE train` on a laptop l
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -102,6 +103,11 @@ class ResourceConfig:
     def is_multi_host(self) -> bool:
         return len(self.hosts) > 1
 
+    @property
+    def is_primary(self) -> bool:
+        """The first host: the one that writes the model and the checkpoints of a multi-host job."""
+        return not self.hosts or self.current_host == self.hosts[0]
+
 
 @dataclass(frozen=True)
 class Environment:
@@ -159,6 +165,33 @@ class Environment:
     @property
     def checkpoint_dir(self) -> Path:
         return self.checkpoint_dir_override or self.base_dir / "checkpoints"
+
+    def check_outputs_writable(self, primary: bool = True) -> None:
+        """ClientError naming each folder the job must write that it cannot: output, and on the `primary` host
+        (the only one that writes them) model and checkpoints.
+
+        Checked before any work: otherwise a job run as a user that cannot write /opt/ml (the serving image's
+        uid 1000, a read-only mount) trains a whole epoch and then dies at its first checkpoint.
+        """
+        refused = []
+        folders = (self.model_dir, self.output_dir, self.checkpoint_dir) if primary else (self.output_dir,)
+        for folder in folders:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                # Permission only: anything else (a file where the folder should be) is reported, with its
+                # own message, by the step that writes there.
+                if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+                    refused.append(f"{folder} ({exc.strerror or exc})")
+                continue
+            if not os.access(folder, os.W_OK | os.X_OK):
+                refused.append(f"{folder} (not writable)")
+        if refused:
+            raise ClientError(
+                f"cannot write {', '.join(refused)} as uid {os.getuid()}: a training job writes its model, "
+                "checkpoints and failure reason there. Run the training image (it runs as root, as SageMaker's "
+                "training containers do), or make these folders writable for this user"
+            )
 
     # -- config files --------------------------------------------------------------------
     def raw_hyperparameters(self) -> dict[str, Any]:

@@ -38,6 +38,7 @@ def run_training_job(env: Environment) -> None:
     hp = parse(env.raw_hyperparameters())
     log.info("hyperparameters: %s", hp.to_dict())
     resources = env.resources()
+    env.check_outputs_writable(primary=resources.is_primary)
     if resources.is_multi_host and not is_worker_process():
         supervise(env, resources, train_command())  # starts this host's ps-lite roles, one of them this job's worker
         return

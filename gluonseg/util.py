@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import socket
 from pathlib import Path
@@ -11,12 +12,76 @@ from pathlib import Path
 STOPPED_EXIT_CODE = 143
 
 
-def available_cpus() -> int:
-    """The cores this process may run on (its affinity mask, as containers set it), at least 1."""
+def available_cpus(root: Path = Path("/")) -> int:
+    """The cores this process may use, at least 1: its affinity mask (`docker run --cpuset-cpus`), capped by its
+    cgroup's CPU quota rounded up (`docker run --cpus`, a Kubernetes CPU limit), as the JVM and Go count them.
+
+    A quota does not show in the affinity mask: a container limited to 1 CPU on a 2-core machine still sees
+    both cores, and sizing threads by the mask alone oversubscribes the quota (the kernel then throttles it).
+    """
     try:
-        return max(len(os.sched_getaffinity(0)), 1)
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(os.cpu_count() or 1, 1)
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(root)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(cpus, 1)
+
+
+def cgroup_cpu_quota(root: Path = Path("/")) -> float | None:
+    """CPUs' worth of time per period this process's cgroup may use (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us` /
+    `cpu.cfs_period_us`), the tightest along its path; None when nothing limits it.
+
+    A container sees its own cgroup at the mount's root; on a host, the cgroup is the path /proc/self/cgroup names.
+    """
+    cgroup = root / "sys/fs/cgroup"
+    v2_path, v1_path = "", ""
+    try:
+        for line in (root / "proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":
+                v2_path = path
+            elif "cpu" in controllers.split(","):
+                v1_path = path
+    except (OSError, ValueError):
+        pass
+    limits = []
+    for folder in _cgroup_folders(cgroup, v2_path):
+        quota, _, period = (_read_text(folder / "cpu.max") or "max").partition(" ")
+        limits.append(_ratio(quota, period))
+    for mount in (cgroup / "cpu", cgroup / "cpu,cpuacct", cgroup / "cpuacct,cpu"):
+        for folder in _cgroup_folders(mount, v1_path):
+            limits.append(_ratio(_read_text(folder / "cpu.cfs_quota_us"), _read_text(folder / "cpu.cfs_period_us")))
+    limits = [limit for limit in limits if limit is not None]
+    return min(limits) if limits else None
+
+
+def _cgroup_folders(mount: Path, path: str) -> list[Path]:
+    """The mount's root and, where they exist under it, the folders of `path` and its ancestors."""
+    folders = [mount]
+    parts = [part for part in path.strip("/").split("/") if part and part != ".."]
+    for depth in range(1, len(parts) + 1):
+        folder = mount.joinpath(*parts[:depth])
+        if folder.is_dir():
+            folders.append(folder)
+    return folders
+
+
+def _ratio(quota: str | None, period: str | None) -> float | None:
+    """quota / period, or None for "no limit" (v2 `max`, v1 -1) or an unreadable pair."""
+    try:
+        q, p = int(quota or ""), int(period or "")
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -37,6 +37,7 @@ log = logging.getLogger("gluonseg.serve")
 
 PR_SET_PDEATHSIG = 1
 POLL_S = 0.2
+STOP_MIN_S = 2.0  # gunicorn's least time to stop once nginx has drained (its workers hold no request then)
 
 
 def _die_with_parent(sig: int = signal.SIGTERM) -> None:
@@ -111,9 +112,11 @@ class Supervisor:
                 return 1
             time.sleep(POLL_S)
         # nginx first: it stops accepting at once and waits for the requests it holds, which the
-        # workers are still there to finish; then the workers go.
+        # workers are still there to finish; then the workers go, with what is left of the same budget
+        # (nothing is in flight any more): the whole stop ends inside SageMaker's 30 s before SIGKILL.
+        deadline = time.monotonic() + self.settings.drain_timeout_s + 3
         nginx_code = self._stop_nginx(signal.SIGQUIT)
-        gunicorn_code = self._stop_gunicorn()
+        gunicorn_code = self._stop_gunicorn(max(STOP_MIN_S, deadline - time.monotonic()))
         log.info("stopped (nginx %s, gunicorn %s)", nginx_code, gunicorn_code)
         return 0 if nginx_code == 0 and gunicorn_code == 0 else 1
 
@@ -128,12 +131,13 @@ class Supervisor:
                 self.nginx.wait()
         return self.nginx.returncode
 
-    def _stop_gunicorn(self) -> int | None:
+    def _stop_gunicorn(self, grace_s: float | None = None) -> int | None:
         if self.gunicorn.is_alive():
             os.kill(self.gunicorn.pid, signal.SIGTERM)
-            self.gunicorn.join(self.settings.drain_timeout_s + 3)
+            self.gunicorn.join(self.settings.drain_timeout_s + 3 if grace_s is None else grace_s)
             if self.gunicorn.is_alive():
-                os.kill(self.gunicorn.pid, signal.SIGKILL)
+                log.warning("gunicorn did not stop in time: killing it and its workers")
+                _kill_group(self.gunicorn.pid)
                 self.gunicorn.join()
         return self.gunicorn.exitcode
 

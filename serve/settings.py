@@ -139,6 +139,9 @@ class ServerSettings:
     max_probability_bytes: int = DEFAULT_MAX_PROBABILITY_BYTES  # GLUONSEG_MAX_PROBABILITIES_MB
     proxy: bool = True  # nginx in front (GLUONSEG_NO_PROXY=true or --no-proxy: gunicorn alone, for debugging)
     max_queue: int | None = None  # GLUONSEG_MAX_QUEUE: requests waiting for a worker; None: 4 per worker
+    # SAGEMAKER_MAX_CONCURRENT_TRANSFORMS (batch transform, set only when the job sets it): requests the platform
+    # sends at once, which the queue then always holds (a 503 would fail the record).
+    max_concurrent_transforms: int | None = None
     client_header_timeout_s: int = DEFAULT_CLIENT_HEADER_TIMEOUT_S  # GLUONSEG_CLIENT_HEADER_TIMEOUT
     client_body_timeout_s: int = DEFAULT_CLIENT_BODY_TIMEOUT_S  # GLUONSEG_CLIENT_BODY_TIMEOUT
     send_timeout_s: int = DEFAULT_SEND_TIMEOUT_S  # GLUONSEG_SEND_TIMEOUT
@@ -150,7 +153,12 @@ class ServerSettings:
 
     @property
     def queue_limit(self) -> int:
-        return self.max_queue if self.max_queue is not None else DEFAULT_QUEUE_PER_WORKER * self.workers
+        if self.max_queue is not None:
+            return self.max_queue
+        default = DEFAULT_QUEUE_PER_WORKER * self.workers
+        if self.batch and self.max_concurrent_transforms is not None:
+            return max(default, self.max_concurrent_transforms - self.workers)
+        return default
 
     @property
     def max_payload_bytes(self) -> int:
@@ -209,6 +217,11 @@ class ServerSettings:
             max_probability_bytes=probability_bytes(_env("GLUONSEG_MAX_PROBABILITIES_MB")),
             proxy=not _bool(_env("GLUONSEG_NO_PROXY"), "GLUONSEG_NO_PROXY"),
             max_queue=_int(q, "GLUONSEG_MAX_QUEUE", 0, low=0) if (q := _env("GLUONSEG_MAX_QUEUE")) else None,
+            max_concurrent_transforms=(
+                _int(c, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", 1)
+                if batch and (c := _env("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS"))
+                else None
+            ),
             client_header_timeout_s=_seconds("GLUONSEG_CLIENT_HEADER_TIMEOUT", DEFAULT_CLIENT_HEADER_TIMEOUT_S),
             client_body_timeout_s=_seconds("GLUONSEG_CLIENT_BODY_TIMEOUT", DEFAULT_CLIENT_BODY_TIMEOUT_S),
             send_timeout_s=_seconds("GLUONSEG_SEND_TIMEOUT", DEFAULT_SEND_TIMEOUT_S),

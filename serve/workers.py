@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,16 @@ class GunicornServer(BaseApplication):
             if readiness is not None:
                 readiness.clear()
 
+        def worker_exit(server: Any, worker: Any) -> None:
+            # A worker stopped on purpose (SIGTERM, max requests) has answered all it held: it leaves without
+            # the interpreter's teardown, where a native runtime's thread pool was seen to hang a worker for
+            # the whole graceful timeout (a `docker stop` then ended in SIGKILL, exit 137). A worker that
+            # failed (a boot error, alive still set) exits normally, so gunicorn sees its exit code.
+            if not worker.alive:
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+                os._exit(0)
+
         proxied = self.readiness is not None
         config = {
             "bind": self.bind,
@@ -94,6 +105,7 @@ class GunicornServer(BaseApplication):
             "post_worker_init": post_worker_init,
             "child_exit": child_exit,
             "on_exit": on_exit,
+            "worker_exit": worker_exit,
             "accesslog": None if proxied else "-",  # behind nginx, nginx logs each request
             "errorlog": "-",
             "loglevel": "info",

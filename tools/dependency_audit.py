@@ -1,14 +1,15 @@
-"""Audit requirements.lock against known advisories, and check SECURITY.md keeps up with the findings.
+"""Audit the locks against known advisories, and check SECURITY.md keeps up with the findings.
 
-    python -m tools.dependency_audit [--lock requirements.lock] [--advisories security/pypa-advisories.json]
+    python -m tools.dependency_audit [--lock LOCK ...] [--advisories security/pypa-advisories.json]
                                      [--security SECURITY.md] [--online]
 
-Offline (the default) matches every `name==version` pin of the lock against a snapshot of the PyPA
-advisory database (the OSV records pip-audit's PyPI source serves), kept in the repository so the
+The locks are requirements.lock (the runtime set, in the images) and requirements-dev.lock (development)
+unless --lock names others. Offline (the default) matches every `name==version` pin of the locks against a
+snapshot of the PyPA advisory database (the OSV records pip-audit's PyPI source serves), kept in the repository so the
 audit runs where PyPI's JSON API and osv.dev cannot be reached, and a lock bump is judged against the
 same data. It prints one row per finding and exits 1 when a finding is not named in SECURITY.md's
 "## Dependency audit" section (by its ID or one of its aliases), 0 otherwise, 2 when an input cannot be
-read. `--online` runs `pip-audit -r LOCK --no-deps --disable-pip` instead where pip-audit is on PATH.
+read. `--online` runs `pip-audit -r LOCK ... --no-deps --disable-pip` instead where pip-audit is on PATH.
 
 A snapshot is only as new as the day it was taken: rerun `--online` on a machine with network before
 a release, and refresh the snapshot when the lock changes.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-DEFAULT_LOCK = Path("requirements.lock")
+DEFAULT_LOCKS = (Path("requirements.lock"), Path("requirements-dev.lock"))  # the runtime set, then development
 DEFAULT_ADVISORIES = Path("security/pypa-advisories.json")
 AUDIT_HEADING = "## Dependency audit"
 # Range types whose bounds are package versions; GIT ranges name commits and cannot be compared.
@@ -95,6 +96,19 @@ def read_lock(path: Path) -> list[Pin]:
     except OSError as exc:
         raise AuditInputError(f"{path}: cannot read the lock file ({exc.strerror})") from None
     return parse_lock(text, str(path))
+
+
+def read_locks(paths: Sequence[Path]) -> list[Pin]:
+    """The pins of several locks installed together; a project pinned in two of them is refused."""
+    pins: list[Pin] = []
+    where: dict[str, Path] = {}
+    for path in paths:
+        for pin in read_lock(path):
+            if pin.name in where:
+                raise AuditInputError(f"{path}:{pin.line}: {pin.name} is pinned in {where[pin.name]} too")
+            where[pin.name] = path
+            pins.append(pin)
+    return pins
 
 
 def read_snapshot(path: Path) -> dict:
@@ -245,8 +259,8 @@ def format_table(findings: Sequence[Finding], text: str) -> str:
     return "\n".join(lines)
 
 
-def run_offline(lock: Path, advisories: Path, security: Path) -> int:
-    pins = read_lock(lock)
+def run_offline(locks: Sequence[Path], advisories: Path, security: Path) -> int:
+    pins = read_locks(locks)
     snapshot = read_snapshot(advisories)
     try:
         text = audit_section(security.read_text(encoding="utf-8"))
@@ -258,8 +272,8 @@ def run_offline(lock: Path, advisories: Path, security: Path) -> int:
     drafts = [f for f in findings if f.superseded_by]
     source = snapshot.get("source", {})
     print(
-        f"{lock}: {len(pins)} pins audited against {advisories} ({source.get('repository', '?')}, "
-        f"read {source.get('read_on', '?')})"
+        f"{' + '.join(map(str, locks))}: {len(pins)} pins audited against {advisories} "
+        f"({source.get('repository', '?')}, read {source.get('read_on', '?')})"
     )
     if counted:
         print(format_table(counted, text))
@@ -281,7 +295,7 @@ def run_offline(lock: Path, advisories: Path, security: Path) -> int:
     return 0
 
 
-def run_pip_audit(lock: Path) -> int | None:
+def run_pip_audit(locks: Sequence[Path]) -> int | None:
     """pip-audit's exit status, or None when it is not installed (the caller falls back to offline)."""
     exe = shutil.which("pip-audit")
     if exe is None:
@@ -290,7 +304,8 @@ def run_pip_audit(lock: Path) -> int | None:
             "so the offline audit runs instead"
         )
         return None
-    proc = subprocess.run([exe, "-r", str(lock), "--no-deps", "--disable-pip"], capture_output=True, text=True)
+    requirements = [arg for lock in locks for arg in ("-r", str(lock))]
+    proc = subprocess.run([exe, *requirements, "--no-deps", "--disable-pip"], capture_output=True, text=True)
     sys.stdout.write(proc.stdout)
     sys.stderr.write(proc.stderr)
     # Without PyPI's JSON API, pip-audit skips every package and still says "No known vulnerabilities".
@@ -302,18 +317,21 @@ def run_pip_audit(lock: Path) -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.dependency_audit", description=__doc__.split("\n")[0])
-    parser.add_argument("--lock", type=Path, default=DEFAULT_LOCK)
+    parser.add_argument(
+        "--lock", type=Path, action="append", help="a lock file, repeatable (default: both of the project's)"
+    )
     parser.add_argument("--advisories", type=Path, default=DEFAULT_ADVISORIES)
     parser.add_argument("--security", type=Path, default=None, help="default: SECURITY.md next to the lock")
     parser.add_argument("--online", action="store_true", help="run pip-audit where it is installed")
     args = parser.parse_args(argv)
-    security = args.security or args.lock.parent / "SECURITY.md"
+    locks = args.lock or list(DEFAULT_LOCKS)
+    security = args.security or locks[0].parent / "SECURITY.md"
     try:
         if args.online:
-            status = run_pip_audit(args.lock)
+            status = run_pip_audit(locks)
             if status is not None:
                 return status
-        return run_offline(args.lock, args.advisories, security)
+        return run_offline(locks, args.advisories, security)
     except AuditInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

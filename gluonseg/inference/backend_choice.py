@@ -8,10 +8,11 @@ At load, each candidate (backend x precision) is built and
 The fastest faithful candidate is built again and kept (MXNet FP32, the reference, always qualifies);
 each candidate is freed before the next is built, so measuring needs the memory of one at a time. One worker measures
 while the others wait on a lock (two measuring at once would disturb each other's timings). The measurements
-and the choice are logged and written to backend-choice.json beside the ONNX export (the model folder,
-or the cache of gluonseg.inference.onnx_cache), keyed by the CPU's model and flags, the thread count,
-the parameters' SHA-256, the library versions and ONNX Runtime's providers (CUDA seen or not): a later
-load on the same kind of machine reuses the choice without measuring, and any change of key measures again.
+and the choice are logged and written to backend-choice.json in the model folder when it is writable, else
+in the cache of gluonseg.inference.onnx_cache (a record shipped in a read-only model folder is read first),
+keyed by the CPU's model and flags, the thread count, the parameters' SHA-256, the library versions and ONNX
+Runtime's providers (CUDA seen or not): a later load on the same kind of machine reuses the choice without
+measuring, and any change of key measures again.
 
 Candidates, in this order: MXNet FP32 (the reference); OpenVINO BF16 when the CPU has BF16 instructions;
 OpenVINO FP32; ONNX Runtime FP32; MXNet INT8 when the model folder has `gluonseg quantize`'s files (no
@@ -42,7 +43,7 @@ from gluonseg.inference.choices import measure_budget
 from gluonseg.inference.geometry import native_canvas
 from gluonseg.inference.network import Network
 from gluonseg.inference.onnx_backends import threads
-from gluonseg.inference.onnx_cache import export_folder, folder_lock
+from gluonseg.inference.onnx_cache import folder_lock, work_folder
 from gluonseg.inference.onnx_export import CHECK_MAX_PIXELS, check_pictures
 from gluonseg.inference.precision import INT8_SYMBOL
 from gluonseg.util import cpu_flags, cpu_model, params_digest
@@ -97,15 +98,22 @@ def choose_network(
 ) -> Network:
     """The fastest faithful network for this model on this machine (see the module docstring)."""
     key = choice_key(artifact)
-    record_path = export_folder(artifact) / CHOICE_FILE  # beside the export, made (if ever) while measuring
+    shipped = _read(artifact.folder / CHOICE_FILE)  # made where the folder was writable, and shipped with it
+    if shipped is not None and shipped.get("key") == key:
+        return _reuse(shipped, artifact.folder / CHOICE_FILE, make)
+    record_path = work_folder(artifact) / CHOICE_FILE
     # One worker measures while the others wait (their timings would disturb each other), then they reuse it.
     with folder_lock(record_path.parent, CHOICE_LOCK):
         cached = _read(record_path)
         if cached is not None and cached.get("key") == key:
-            backend, precision = cached["choice"]
-            log.info("backend auto: %s %s (measured before on this machine: %s)", backend, precision, record_path)
-            return make(backend, precision)
+            return _reuse(cached, record_path, make)
         return _measure_and_choose(artifact, make, calibration_dir, key, record_path)
+
+
+def _reuse(record: dict[str, Any], path: Path, make: Callable[[str, str], Network]) -> Network:
+    backend, precision = record["choice"]
+    log.info("backend auto: %s %s (measured before on this machine: %s)", backend, precision, path)
+    return make(backend, precision)
 
 
 def _measure_and_choose(

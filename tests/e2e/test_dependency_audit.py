@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from tools import dependency_audit as da
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements.lock"
+DEV_LOCK = ROOT / "requirements-dev.lock"
+BOTH = ["--lock", str(LOCK), "--lock", str(DEV_LOCK)]
 SNAPSHOT = ROOT / "security" / "pypa-advisories.json"
 SECURITY = ROOT / "SECURITY.md"
 
@@ -193,10 +196,20 @@ def test_parse_lock_refuses_the_same_project_twice_after_normalisation():
         da.parse_lock("typing_extensions==4.0\nTyping-Extensions==4.1\n")
 
 
-def test_real_lock_parses_to_unique_pins():
-    pins = da.read_lock(LOCK)
+def test_real_locks_parse_to_unique_pins_split_into_runtime_and_development():
+    pins = da.read_locks([LOCK, DEV_LOCK])
     assert len(pins) == len({p.name for p in pins}) == 62
-    assert {"pillow", "mxnet", "typing-extensions", "pyyaml"} <= {p.name for p in pins}
+    runtime = {p.name for p in da.read_lock(LOCK)}
+    assert {"pillow", "mxnet", "typing-extensions", "pyyaml", "onnxruntime", "openvino"} <= runtime
+    assert not {"pytest", "ruff", "hypothesis", "grpcio-tools", "botocore"} & runtime
+
+
+def test_a_project_pinned_in_two_locks_is_refused(tmp_path):
+    first, second = tmp_path / "a.lock", tmp_path / "b.lock"
+    first.write_text("numpy==1.23.5\n")
+    second.write_text("ruff==0.6.9\nNumPy==1.24.0\n")
+    with pytest.raises(da.AuditInputError, match=rf"b\.lock:2: numpy is pinned in {re.escape(str(first))} too"):
+        da.read_locks([first, second])
 
 
 # --- (c) the real lock against the real snapshot and SECURITY.md ---------------------------------
@@ -204,7 +217,7 @@ def test_real_lock_parses_to_unique_pins():
 
 def test_snapshot_covers_every_pinned_project():
     snapshot = da.read_snapshot(SNAPSHOT)
-    assert da.uncovered_packages(da.read_lock(LOCK), snapshot) == []
+    assert da.uncovered_packages(da.read_locks([LOCK, DEV_LOCK]), snapshot) == []
     assert not set(snapshot["packages"]) & set(snapshot["lock_packages_without_folder"])
     for name, records in snapshot["packages"].items():
         assert records, name
@@ -213,7 +226,7 @@ def test_snapshot_covers_every_pinned_project():
 
 
 def test_every_finding_for_the_pinned_versions_is_in_security_md():
-    findings = da.audit(da.read_lock(LOCK), da.read_snapshot(SNAPSHOT))
+    findings = da.audit(da.read_locks([LOCK, DEV_LOCK]), da.read_snapshot(SNAPSHOT))
     text = da.audit_section(SECURITY.read_text(encoding="utf-8"))
     missing = [
         f"{f.package} {f.version}: {f.advisory_id} {f.aliases}"
@@ -223,8 +236,8 @@ def test_every_finding_for_the_pinned_versions_is_in_security_md():
     assert missing == [], "SECURITY.md's dependency audit does not mention: " + "; ".join(missing)
 
 
-def test_the_command_passes_on_the_real_lock(capsys):
-    assert da.main(["--lock", str(LOCK), "--advisories", str(SNAPSHOT)]) == 0
+def test_the_command_passes_on_the_real_locks(capsys):
+    assert da.main([*BOTH, "--advisories", str(SNAPSHOT)]) == 0
     out = capsys.readouterr().out
     assert "62 pins audited" in out and "FAIL" not in out
 
@@ -279,7 +292,7 @@ def test_unreadable_inputs_exit_2_naming_the_file(tmp_path, capsys):
 
 def test_online_without_pip_audit_says_so_and_falls_back(monkeypatch, capsys):
     monkeypatch.setattr(da.shutil, "which", lambda name: None)
-    assert da.main(["--online", "--lock", str(LOCK), "--advisories", str(SNAPSHOT)]) == 0
+    assert da.main(["--online", *BOTH, "--advisories", str(SNAPSHOT)]) == 0
     out = capsys.readouterr().out
     assert "pip-audit is not on PATH" in out and "62 pins audited" in out
 

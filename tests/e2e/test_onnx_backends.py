@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -9,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from gluonseg.inference import backend_choice, onnx_export
 from gluonseg.inference.loading import load_predictor
 from gluonseg.inference.onnx_cache import exported_model
 from gluonseg.inference.onnx_export import export_onnx
+from gluonseg.util import cpu_flags
 
 REPO = Path(__file__).resolve().parents[2]
 GLUONSEG = str(Path(sys.executable).parent / "gluonseg")
@@ -197,13 +200,70 @@ def test_auto_measures_chooses_keeps_and_reuses_its_choice(model_copy, monkeypat
         load_predictor(model_copy, backend="auto")
 
 
+@contextlib.contextmanager
+def read_only(*folders: Path):
+    """Folders nobody may write, root included (chattr +i: what a read-only mount does to a container's root)."""
+    subprocess.run(["chattr", "+i", *map(str, folders)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, folders)], check=True)
+
+
+def test_auto_with_a_read_only_model_folder_reads_its_shipped_choice_then_keeps_its_own_elsewhere(
+    model_copy, tmp_path, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, logger="gluonseg")
+    monkeypatch.setenv("GLUONSEG_AUTO_BUDGET_S", "0")  # the reference alone: what matters here is where files go
+    cache, temp = tmp_path / "cache", tmp_path / "tmp"
+    cache.mkdir()
+    temp.mkdir()
+    monkeypatch.setenv("GLUONSEG_CACHE_DIR", str(cache))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    exported_model(read_model_dir(model_copy))  # `gluonseg export --out M`, or one `gluonseg serve` of M
+    chosen = load_predictor(model_copy, backend="auto")
+    before = sorted(p.name for p in model_copy.iterdir())
+    assert backend_choice.CHOICE_FILE in before and "model.onnx" in before
+
+    def no_measuring(*args):
+        raise AssertionError("a shipped choice must not be measured again")
+
+    monkeypatch.setattr(backend_choice, "_median_seconds", no_measuring)
+    with read_only(model_copy):  # mounted :ro, as Kubernetes and most hosts mount model volumes
+        again = load_predictor(model_copy, backend="auto")
+    assert (again.backend, again.precision) == (chosen.backend, chosen.precision)
+    assert sorted(p.name for p in model_copy.iterdir()) == before
+    assert not any(cache.iterdir())  # nothing to write: no lock, no record
+
+    # A shipped choice from another machine: measured again, and kept in the cache.
+    monkeypatch.undo()
+    monkeypatch.setenv("GLUONSEG_AUTO_BUDGET_S", "0")
+    monkeypatch.setenv("GLUONSEG_CACHE_DIR", str(cache))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    record = json.loads((model_copy / backend_choice.CHOICE_FILE).read_text())
+    record["key"]["threads"] += 1
+    (model_copy / backend_choice.CHOICE_FILE).write_text(json.dumps(record))
+    with read_only(model_copy):
+        load_predictor(model_copy, backend="auto")
+    kept = list(cache.glob(f"onnx/*/{backend_choice.CHOICE_FILE}"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["key"]["threads"] == record["key"]["threads"] - 1
+
+    # The cache read-only too: a temporary folder, and the log says so.
+    shutil.rmtree(cache)
+    cache.mkdir()
+    caplog.clear()
+    with read_only(model_copy, cache):
+        load_predictor(model_copy, backend="auto")
+    assert list(temp.glob(f"gluonseg-*/onnx/*/{backend_choice.CHOICE_FILE}"))
+    assert "keeping the ONNX export and backend choice in " + str(temp) in caplog.text
+
+
 def test_auto_skips_what_the_budget_leaves_no_time_for_and_says_so(model_copy, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="gluonseg")
     monkeypatch.setenv("GLUONSEG_AUTO_BUDGET_S", "0")  # spent once the reference is measured
     predictor = load_predictor(model_copy, backend="auto")
     record = json.loads((model_copy / backend_choice.CHOICE_FILE).read_text())
     assert [(r["backend"], r["precision"]) for r in record["measured"]] == [("mxnet", "fp32")]
-    from gluonseg.util import cpu_flags
 
     expected = backend_choice.candidates(read_model_dir(model_copy), cpu_flags())[1:]
     assert [tuple(pair) for pair in record["skipped"]] == expected and expected
@@ -246,7 +306,10 @@ def test_the_server_answers_with_each_backend_as_with_mxnet(backend, precision, 
     finally:
         server.stop()
     log = server.log_path.read_text()
-    assert f"{backend} {precision}" in log  # the worker says what it runs
+    # The worker says what it runs: BF16 where the CPU has BF16 instructions, else FP32, and says so.
+    runs = precision if precision != "bf16" or set(backend_choice.BF16_FLAGS) & cpu_flags() else "fp32"
+    assert f"{backend} {runs}" in log
+    assert (runs != precision) == ("OpenVINO runs fp32 here, not bf16 (this CPU has no BF16 support)" in log)
     assert (model_copy / "model.onnx").exists()  # the model folder needed no extra step: exported at start-up
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 import pytest
-from gluoncv.model_zoo import model_store, resnet50_v1s
+from gluoncv.model_zoo import model_store
 
 from gluonseg import pretrained
 from gluonseg.errors import ClientError
 from gluonseg.models import backbone_parameters, build_network
 from gluonseg.util import free_port
+from tests.support.weights import write_backbone_weights
 
 NAME = "resnet50_v1s"
 REAL_SHA1 = "25a187fa281ddc98afbcd0cc0f0646885b874b80"  # GluonCV's published hash for resnet50_v1s
@@ -41,19 +42,10 @@ def offline(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """A resnet50_v1s parameter file with random values everywhere (BN statistics included)."""
-    net = resnet50_v1s(pretrained=False, dilated=True)
-    net.infer_shape(mx.nd.zeros((1, 3, 32, 32)))  # fixes shapes without running the network
-    rng = np.random.default_rng(42)
-    arrays = {}
-    for key, param in net._collect_params_with_prefix().items():
-        values = rng.standard_normal(param.shape, dtype=np.float32) * 0.05
-        if key.endswith("running_var"):
-            values = np.abs(values) + 0.5
-        arrays[key] = mx.nd.array(values)
     path = tmp_path_factory.mktemp("weights") / f"{NAME}.params"
-    mx.nd.save(str(path), arrays)
+    arrays = write_backbone_weights(path, NAME)
     sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
-    return path, {k: v.asnumpy() for k, v in arrays.items()}, sha1
+    return path, arrays, sha1
 
 
 class Mirror:

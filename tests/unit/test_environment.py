@@ -87,3 +87,30 @@ def test_failures_are_reported_with_prefix_and_exit_code(tmp_path, capsys):
     assert run_reporting_failures(crash, lambda: path) == 1
     assert path.read_text() == "AlgorithmError: ZeroDivisionError: division by zero"
     assert run_reporting_failures(lambda: None, lambda: path) == 0
+
+
+def test_a_job_that_cannot_write_its_outputs_fails_before_any_work_naming_the_folders(tmp_path):
+    import subprocess
+
+    base = tmp_path / "ml"
+    (base / "model").mkdir(parents=True)
+    env = Environment(base)
+    env.check_outputs_writable()  # creates output/ and checkpoints/, as SageMaker lays them
+    assert (base / "output").is_dir() and (base / "checkpoints").is_dir()
+    # Read-only for root too (what the serving image's uid 1000 meets under a root-owned /opt/ml).
+    subprocess.run(["chattr", "+i", str(base / "checkpoints"), str(base / "model")], check=True)
+    try:
+        with pytest.raises(ClientError) as info:
+            env.check_outputs_writable()
+    finally:
+        subprocess.run(["chattr", "-i", str(base / "checkpoints"), str(base / "model")], check=True)
+    text = str(info.value)
+    assert f"{base / 'model'} (not writable)" in text and f"{base / 'checkpoints'} (not writable)" in text
+    assert str(base / "output") + " " not in text and "Run the training image" in text
+
+
+def test_a_host_other_than_the_first_checks_and_makes_only_its_output_folder(tmp_path):
+    env = Environment(tmp_path / "ml")
+    env.check_outputs_writable(primary=False)  # the model and checkpoints are the first host's to write
+    assert (tmp_path / "ml" / "output").is_dir()
+    assert not (tmp_path / "ml" / "model").exists() and not (tmp_path / "ml" / "checkpoints").exists()

@@ -24,6 +24,8 @@ ENV_NAMES = [
     "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
     "SAGEMAKER_MAX_PAYLOAD_IN_MB",
     "SAGEMAKER_BATCH",
+    "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS",
+    "GLUONSEG_MAX_QUEUE",
     "GLUONSEG_BACKEND",
     "GLUONSEG_PRECISION",
     "GLUONSEG_AUTO_BUDGET_S",
@@ -73,6 +75,22 @@ def test_batch_mode_allows_larger_payloads_up_to_100(clean_env):
     assert ServerSettings.from_env().max_payload_mb == 100
     clean_env.setenv("SAGEMAKER_BATCH", "TRUE")
     assert ServerSettings.from_env().batch
+
+
+def test_batch_transform_queue_holds_what_max_concurrent_transforms_sends(clean_env):
+    clean_env.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "2")
+    clean_env.setenv("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", "16")
+    assert ServerSettings.from_env().queue_limit == 8  # not batch: the variable is batch transform's, ignored
+    clean_env.setenv("SAGEMAKER_BATCH", "true")
+    s = ServerSettings.from_env()
+    assert s.max_concurrent_transforms == 16 and s.queue_limit == 14  # 2 running + 14 waiting: none refused
+    clean_env.setenv("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", "4")
+    assert ServerSettings.from_env().queue_limit == 8  # never below the default
+    clean_env.setenv("GLUONSEG_MAX_QUEUE", "1")
+    assert ServerSettings.from_env().queue_limit == 1  # the operator's bound wins
+    clean_env.setenv("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", "0")
+    with pytest.raises(ClientError, match="SAGEMAKER_MAX_CONCURRENT_TRANSFORMS must be at least 1, got 0"):
+        ServerSettings.from_env()
 
 
 def test_bad_values_are_named(clean_env):
