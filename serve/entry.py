@@ -7,7 +7,9 @@ own process group and bound to die with this process (PR_SET_PDEATHSIG), then wa
 SIGINT is a graceful stop: nginx stops accepting and lets in-flight requests finish (up to
 GLUONSEG_DRAIN_TIMEOUT), then gunicorn finishes what it holds and exits; `serve` exits 0. If either
 child dies on its own, the other is stopped and `serve` exits 1, so the platform restarts the
-container instead of leaving half a server.
+container instead of leaving half a server. What each child replaces by itself: nginx's master a dead
+nginx worker, gunicorn's master a dead worker; a stopped worker is caught here (serve/worker_watch.py).
+README "When a process dies" has what each fault does and how long it takes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from serve import proxy
 from serve.capacity import default_workers
 from serve.readiness import Readiness
 from serve.settings import ServerSettings
+from serve.worker_watch import WorkerWatch, child_pids
 
 log = logging.getLogger("gluonseg.serve")
 
@@ -76,7 +79,9 @@ class Supervisor:
         self.runtime = proxy.runtime_dir(settings)
         self.config = proxy.render(settings, self.runtime, host)
         proxy.check_config(self.nginx_bin, self.config)
-        Readiness(self.runtime).clear()
+        readiness = Readiness(self.runtime)
+        readiness.clear()
+        self.watch = WorkerWatch(readiness)
         self.stop_requested = False
         self.gunicorn: Any = None
         self.nginx: subprocess.Popen | None = None
@@ -110,6 +115,7 @@ class Supervisor:
                 log.error("gunicorn exited with %s; stopping nginx", self.gunicorn.exitcode)
                 self._stop_nginx(signal.SIGTERM)
                 return 1
+            self.watch.check(child_pids(self.gunicorn.pid))  # a stopped worker: not ready, then replaced
             time.sleep(POLL_S)
         # nginx first: it stops accepting at once and waits for the requests it holds, which the
         # workers are still there to finish; then the workers go, with what is left of the same budget
