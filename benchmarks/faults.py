@@ -104,7 +104,8 @@ def main() -> None:
     text = "\n".join(lines) + (
         f"\n\nMedian seconds from the fault: 'slots', to a burst of {WORKERS + QUEUE} concurrent requests all "
         "answered 200 with /ping 200; 'full', to every worker loaded and ready again; 'gone', to `serve` exited "
-        f"with no listener and no process of its tree left; 'never' when not within {RECOVERY_LIMIT_S:.0f} s. "
+        f"with no listener and no process of its tree left; 'never' when not within {RECOVERY_LIMIT_S:.0f} s. The "
+        "probes start 1 s after the fault (the steady clients issue until then), so 1.0 s is the floor. "
         "'/ping lied': probes where /ping said 200 while a burst got no 200. 'failed': requests of the 4 steady "
         f"clients (issuing for 1 s after the fault) that got no 200. {args.repeats} runs each; FCN-ResNet-50 with "
         "random weights, 4 classes, 64x64 JPEGs, MXNet FP32, 2 workers + 8 waiting."
