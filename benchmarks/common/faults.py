@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -26,24 +25,15 @@ import requests
 
 from benchmarks.common.server import Server
 from serve.readiness import Readiness
-from serve.worker_watch import process_state
+from serve.worker_watch import child_pids, process_state
 
 HEADERS = {"Content-Type": "image/jpeg", "Accept": "image/png"}
 RECOVERY_LIMIT_S = 30.0
 
 
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
 def alive(pid: int) -> bool:
     """Running (a zombie is not: it only waits to be reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return process_state(pid) not in (None, "Z")
 
 
 def listening(port: int) -> bool:
@@ -65,7 +55,7 @@ class Tree:
     @classmethod
     def of(cls, server: Server) -> Tree:
         nginx, gunicorn = server.nginx_pid(), server.master_pid()
-        return cls(server.proc.pid, nginx, children(nginx), gunicorn, children(gunicorn))
+        return cls(server.proc.pid, nginx, child_pids(nginx), gunicorn, child_pids(gunicorn))
 
     def all(self) -> list[int]:
         return [self.supervisor, self.nginx_master, *self.nginx_workers, self.gunicorn_master, *self.gunicorn_workers]
@@ -171,9 +161,8 @@ def wait_busy(pid: int, timeout: float = 10.0) -> None:
     """Until `pid` is on a CPU (running a request: an idle sync worker sleeps in select)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "R":
-                return
+        if process_state(pid) == "R":
+            return
         time.sleep(0.01)
     raise AssertionError(f"worker {pid} never got a request in {timeout} s")
 
