@@ -1,4 +1,5 @@
-"""Serving backends side by side (#13): MXNet FP32 / INT8 / BF16, ONNX Runtime FP32, OpenVINO FP32 / BF16.
+"""Serving backends side by side (#13, #24): MXNet FP32 / INT8 / BF16, ONNX Runtime FP32 / INT8, OpenVINO FP32 / BF16 /
+INT8.
 
 For FCN, PSP and DeepLabV3 on ResNet-50, the models benchmarks.run_all trains on the generated dataset
 (crop 128; trained here first when the work folder has none), every backend x precision this machine
@@ -10,10 +11,12 @@ runs, in one run:
 - accuracy: pixels equal to MXNet FP32's mask on that picture and on the generated validation set, and
   validation mIoU (all classes) against MXNet FP32's;
 - auto: what `GLUONSEG_BACKEND=auto` chooses for the model on this machine (it measures on its own).
-INT8 (MXNet) uses `gluonseg quantize`'s files, calibrated on the first 10 validation images.
+INT8 (MXNet) uses `gluonseg quantize`'s files, calibrated on the first 10 validation images; INT8 (OpenVINO, ONNX
+Runtime) the QDQ model-int8.onnx of `gluonseg quantize --format onnx`, calibrated on the first half of the validation
+images and checked on the other half (gluonseg.inference.int8_onnx; its record's agreement is on that half).
 
 Run: .venv/bin/python -m benchmarks.backends [--work DIR] [--algorithms fcn,psp,deeplab] [--seconds 20]
-     [--runs 5] [--no-record]
+     [--runs 5] [--no-record] [--section NAME]
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ VARIANTS = (
     ("mxnet", "int8"),
     ("mxnet", "bf16"),
     ("onnxruntime", "fp32"),
+    ("onnxruntime", "int8"),
     ("openvino", "fp32"),
     ("openvino", "bf16"),
+    ("openvino", "int8"),
 )
 NETWORK_SIZE = 480
 
@@ -59,7 +64,8 @@ def ensure_models(work: Path, algorithms: list[str]) -> tuple[Path, dict[str, Pa
 
 
 def serving_copy(model: Path, dest: Path, data: Path) -> Path:
-    """The model's files alone (no export or choice kept from earlier runs), with its INT8 export."""
+    """The model's files alone (no export or choice kept from earlier runs), with both INT8 exports."""
+    from gluonseg.inference.int8_onnx import quantize_folder
     from gluonseg.inference.precision import export_int8
 
     if dest.exists():
@@ -68,6 +74,9 @@ def serving_copy(model: Path, dest: Path, data: Path) -> Path:
     for name in ("hyperparams.json", "model_best.params"):
         shutil.copyfile(model / name, dest / name)
     export_int8(dest, data / "validation", 10)
+    half = len(list((data / "validation").glob("*.jpg"))) // 2
+    record = quantize_folder(dest, data / "validation", half)
+    print(f"INT8 ONNX: kept {record['kept']}, {record['agreement']:.4%} of the held-out pixels", flush=True)
     return dest
 
 
@@ -105,6 +114,7 @@ def measure_model(algorithm: str, model: Path, data: Path, seconds: float, runs:
     from benchmarks.common.server import Server
     from gluonseg.codecs.decode import decode_image
     from gluonseg.data.images import load_image, load_mask
+    from gluonseg.errors import ClientError
     from gluonseg.inference.loading import load_predictor
 
     classes = int(json.loads((model / "hyperparams.json").read_text())["num_classes"])
@@ -116,7 +126,11 @@ def measure_model(algorithm: str, model: Path, data: Path, seconds: float, runs:
     rows: list[dict[str, Any]] = []
     reference: dict[str, Any] = {}
     for backend, precision in VARIANTS:
-        predictor = load_predictor(model, backend=backend, precision=precision)
+        try:
+            predictor = load_predictor(model, backend=backend, precision=precision)
+        except ClientError as exc:  # no INT8 model kept for this one
+            print(f"{algorithm}: {backend} {precision} not available: {exc}", flush=True)
+            continue
         if (predictor.backend, predictor.precision) != (backend, precision):
             print(f"{algorithm}: {backend} {precision} does not run here; skipped", flush=True)
             continue
@@ -188,6 +202,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument(
+        "--section", default="backends", help="BENCHMARKS.md section to write (one per CPU kind: another CPU's stays)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(available_cpus()))  # before MXNet is imported: every core
     from benchmarks.common.report import publish
@@ -198,7 +215,7 @@ def main() -> None:
     for algorithm in algorithms:
         model = serving_copy(models[algorithm], args.work / "backends" / algorithm / "model", data)
         results.append(measure_model(algorithm, model, data, args.seconds, args.runs))
-    publish("backends", report(results, args.seconds, args.runs), record=not args.no_record)
+    publish(args.section, report(results, args.seconds, args.runs), record=not args.no_record)
 
 
 if __name__ == "__main__":

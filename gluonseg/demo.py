@@ -33,6 +33,20 @@ FULL = {"classes": 5, "train": 64, "validation": 12, "size": 160, "crop": 96, "e
 QUICK = {"classes": 4, "train": 8, "validation": 4, "size": 64, "crop": 64, "epochs": 1}
 
 
+def int8_line(model: Path) -> str:
+    """What training's INT8 step wrote (model-int8-onnx.json), in the words of its own record."""
+    try:
+        record = json.loads((model / "model-int8-onnx.json").read_text())
+    except (OSError, ValueError):
+        return "none (int8_model=False, or the step failed: see the training log)"
+    miou = record.get("mIoU") or {}
+    scores = ""
+    if miou.get("fp32") is not None and miou.get("int8") is not None:
+        scores = f", check mIoU {miou['fp32']:.4f} FP32 vs {miou['int8']:.4f} INT8"
+    verdict = "kept" if record["kept"] else "not kept"
+    return f"{verdict}: {100 * record['agreement']:.2f}% of check pixels as FP32{scores} ({record['seconds']} s)"
+
+
 def step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
@@ -273,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         f"server:              {image.name} ({served['input_size'][0]}x{served['input_size'][1]}) -> "
         f"PNG {png['median_ms']:.0f} ms median, probabilities {proto['median_ms']:.0f} ms median "
         f"({proto['bytes'] / 1e6:.1f} MB)",
+        f"INT8 model:          {int8_line(model)}",
         f"server backend:      {served['backend']} (GLUONSEG_BACKEND unset: auto, measured at the first load)",
         f"protobuf argmax == PNG mask: {served['argmax_equals_png']}",
         f"pictures:            {out / 'pictures'} (masks and overlays), {out / 'evaluation'} (report.json, "

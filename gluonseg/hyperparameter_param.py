@@ -8,6 +8,8 @@ from typing import Any
 
 from gluonseg.hyperparameter_conditions import Condition
 
+BOOL = ("True", "False")  # the choices SageMaker's messages list for a boolean
+
 
 @dataclass(frozen=True)
 class Param:

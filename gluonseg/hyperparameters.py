@@ -20,13 +20,11 @@ from typing import Any
 
 from gluonseg.errors import ClientError
 from gluonseg.hyperparameter_conditions import Condition, ignore_unused
-from gluonseg.hyperparameter_param import Param
+from gluonseg.hyperparameter_extensions import EXTENSIONS
+from gluonseg.hyperparameter_param import BOOL, Param
 from gluonseg.hyperparameter_values import Hyperparameters
 
 log = logging.getLogger(__name__)
-
-
-BOOL = ("True", "False")
 
 SCHEMA: tuple[Param, ...] = (
     # -- network architecture
@@ -236,27 +234,7 @@ SCHEMA: tuple[Param, ...] = (
             decision="Used by sgd and nag, as momentum; ignored, even if invalid, with adam, rmsprop or adagrad.",
         ),
     ),
-    # -- gluonseg extensions (README: rare classes)
-    Param(
-        "class_weights",
-        "weights",
-        "Per-class weights of the pixel loss: inverse_frequency or median_frequency from the training masks "
-        "(capped at 10), or one number per class.",
-        default="none",
-        choices=("none", "inverse_frequency", "median_frequency"),
-        group="gluonseg extensions",
-        extension=True,
-    ),
-    Param(
-        "loss",
-        "choice",
-        "Pixel loss: cross_entropy, or ohem (only pixels whose true-class probability is below 0.7, "
-        "at least the hardest 1/40 of each image's).",
-        default="cross_entropy",
-        choices=("cross_entropy", "ohem"),
-        group="gluonseg extensions",
-        extension=True,
-    ),
+    *EXTENSIONS,
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in SCHEMA}

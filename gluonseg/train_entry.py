@@ -46,6 +46,9 @@ def run_training_job(env: Environment) -> None:
     from gluonseg.training.trainer import train  # heavy import only once the job is known to be valid
 
     train(hp, inputs, env, resources)
+    from gluonseg.int8_job import make_int8_after_training
+
+    make_int8_after_training(env, hp, inputs, resources.is_primary)
 
 
 def run_until_stopped(job: Callable[[], None]) -> int:

@@ -183,9 +183,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from gluonseg.inference.int8_onnx import INT8_ONNX, describe_int8, quantize_folder
+
+        record = quantize_folder(args.model_dir, args.calibration, args.num or 16, args.check)
+        if not record["kept"]:
+            raise ClientError(f"no INT8 model kept: {record['why_not']} ({describe_int8(record)})")
+        print(f"wrote {args.model_dir / INT8_ONNX}: {describe_int8(record)}")
+        return 0
+    if args.check is not None:
+        raise ClientError("--check applies to --format onnx only")
     from gluonseg.inference.precision import describe_export, export_int8
 
-    record = export_int8(args.model_dir, args.calibration, args.num)
+    record = export_int8(args.model_dir, args.calibration, args.num or 10)
     print(describe_export(args.model_dir, record))
     return 0
 

@@ -221,11 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_predict)
 
     p = sub.add_parser(
-        "quantize", help="write model-int8-* into a model folder (INT8 for the CPU, calibrated on your images)"
+        "quantize", help="write an INT8 model into a model folder (for the CPU, calibrated on your images)"
     )
     p.add_argument("--model-dir", type=Path, required=True, help="a model folder (written in place)")
     p.add_argument("--calibration", type=Path, required=True, help="folder of typical images (JPEG/PNG)")
-    p.add_argument("--num", type=int, default=10, help="calibrate on the first N images (default 10)")
+    p.add_argument(
+        "--format",
+        choices=("mxnet", "onnx"),
+        default="mxnet",
+        help="mxnet: model-int8-* for backend mxnet; onnx: model-int8.onnx (QDQ) for OpenVINO and ONNX Runtime, "
+        "kept only when its masks match FP32's on 99.5%% of the check pixels",
+    )
+    p.add_argument("--num", type=int, help="calibrate on the first N images (default 10 mxnet, 16 onnx)")
+    p.add_argument("--check", type=Path, help="onnx: images to check it on (default: the model's check pictures)")
     p.set_defaults(func=commands.cmd_quantize)
 
     p = sub.add_parser("export", help="the network for other runtimes: ONNX (checked against MXNet) or MXNet symbol")

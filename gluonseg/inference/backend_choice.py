@@ -1,27 +1,32 @@
 """`backend=auto`: measure the backends this machine has on the model, keep the faithful ones, take the fastest.
 
 At load, each candidate (backend x precision) is built and
-1. checked: its masks on the check pictures (GLUONSEG_CALIBRATION_DIR's images when given, else the
-   generated pictures export uses) must equal MXNet FP32's on at least MIN_AGREEMENT of the pixels;
-2. timed: one warm-up call, then the median of TIMED_RUNS calls on a crop_size x crop_size input (the
-   size the model was trained at; at most TIMING_MAX_SIDE a side), with the threads the worker has.
+1. checked: its masks on the check pictures must equal MXNet FP32's on at least MIN_AGREEMENT of the pixels.
+   The check pictures are, in order: GLUONSEG_CALIBRATION_DIR's images when given; the job's own pictures that
+   training kept in the model folder (gluonseg.data.check_set); else generated pictures, and the log says so
+   (generated shapes judge a real model poorly: a VOC-shaped model's BF16 was refused on them at 98.6% while it
+   matched FP32 on 99.9% of the job's validation pixels);
+2. timed: one warm-up call, then the median of TIMED_RUNS calls on a picture of TIMING_SIDE x TIMING_SIDE
+   (GLUONSEG_AUTO_TIMING_SIDE; gluonseg.inference.choices), the native-scale canvas the server runs for
+   such a picture, whatever the crop size, with the threads the worker has.
 The fastest faithful candidate is built again and kept (MXNet FP32, the reference, always qualifies);
 each candidate is freed before the next is built, so measuring needs the memory of one at a time. One worker measures
 while the others wait on a lock (two measuring at once would disturb each other's timings). The measurements
 and the choice are logged and written to backend-choice.json in the model folder when it is writable, else
 in the cache of gluonseg.inference.onnx_cache (a record shipped in a read-only model folder is read first),
-keyed by the CPU's model and flags, the thread count, the parameters' SHA-256, the library versions and ONNX
-Runtime's providers (CUDA seen or not): a later load on the same kind of machine reuses the choice without
-measuring, and any change of key measures again.
+keyed by the CPU's model and flags, the thread count, the parameters' SHA-256, the library versions, ONNX
+Runtime's providers (CUDA seen or not), the candidates and the timing side: a later load on the same kind of
+machine reuses the choice without measuring, and any change of key measures again.
 
-Candidates, in this order: MXNet FP32 (the reference); OpenVINO BF16 when the CPU has BF16 instructions;
-OpenVINO FP32; ONNX Runtime FP32; MXNet INT8 when the model folder has `gluonseg quantize`'s files (no
-calibration at load); MXNet BF16 when the CPU has BF16 instructions but no AMX (see candidates()). A candidate
-that fails to build is logged and skipped. Load must stay inside SageMaker's 4-minute /ping window whatever
-the model: once measuring (the export included) has taken GLUONSEG_AUTO_BUDGET_S seconds
-(choices.MEASURE_BUDGET_S by default) the remaining candidates are skipped (logged, and listed in the record).
-The order puts those that were fastest on the machines measured (BENCHMARKS.md "backends") first, so a cut
-drops likely losers.
+Candidates, in this order: MXNet FP32 (the reference); the model folder's INT8 model (model-int8.onnx,
+gluonseg.inference.int8_onnx) in OpenVINO then ONNX Runtime, when training or `gluonseg quantize --format onnx`
+kept one; OpenVINO BF16 when the CPU has BF16 instructions; OpenVINO FP32; ONNX Runtime FP32; MXNet INT8 when
+the model folder has `gluonseg quantize`'s MXNet files (no calibration at load); MXNet BF16 when the CPU has
+BF16 instructions but no AMX (see candidates()). A candidate that fails to build is logged and skipped. Load
+must stay inside SageMaker's 4-minute /ping window whatever the model: once measuring (the export included) has
+taken GLUONSEG_AUTO_BUDGET_S seconds (choices.MEASURE_BUDGET_S by default) the remaining candidates are skipped
+(logged, and listed in the record). The order puts those that were fastest on the machines measured
+(BENCHMARKS.md "backends") first, so a cut drops likely losers.
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ from typing import Any
 import numpy as np
 
 from gluonseg.artifacts import ModelArtifact
+from gluonseg.data.check_set import read_check_set
 from gluonseg.errors import GluonsegError, error_summary
-from gluonseg.inference.choices import measure_budget
-from gluonseg.inference.geometry import native_canvas
+from gluonseg.inference.choices import measure_budget, timing_side
+from gluonseg.inference.geometry import native_canvas, resize_picture
+from gluonseg.inference.int8_onnx import int8_onnx_path
 from gluonseg.inference.network import Network
 from gluonseg.inference.onnx_backends import threads
 from gluonseg.inference.onnx_cache import folder_lock, work_folder
@@ -54,7 +61,6 @@ CHOICE_FILE = "backend-choice.json"
 CHOICE_LOCK = ".gluonseg-choice.lock"  # not the export's lock: measuring builds networks, which may export
 MIN_AGREEMENT = 0.995
 TIMED_RUNS = 3
-TIMING_MAX_SIDE = 512  # relative speeds at 512² hold at larger sizes; a 1024² crop would cost 4x the load time
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -62,6 +68,8 @@ def candidates(artifact: ModelArtifact, flags: set[str]) -> list[tuple[str, str]
     """(backend, precision) pairs worth measuring on this machine, the reference first."""
     bf16 = any(flag in flags for flag in BF16_FLAGS)
     found = [("mxnet", "fp32")]
+    if int8_onnx_path(artifact) is not None:
+        found += [("openvino", "int8"), ("onnxruntime", "int8")]
     if bf16:
         found.append(("openvino", "bf16"))
     found += [("openvino", "fp32"), ("onnxruntime", "fp32")]
@@ -88,6 +96,8 @@ def choice_key(artifact: ModelArtifact) -> dict[str, Any]:
         "params_sha256": params_digest(artifact.params_path),
         "versions": {lib.__name__: lib.__version__ for lib in (mxnet, onnxruntime, openvino)},
         "onnxruntime_providers": onnxruntime.get_available_providers(),  # a GPU seen or not changes the race
+        "candidates": [list(pair) for pair in candidates(artifact, cpu_flags())],  # an INT8 model added since
+        "timing_side": timing_side(),
     }
 
 
@@ -125,10 +135,10 @@ def _measure_and_choose(
 ) -> Network:
     start = time.perf_counter()
     budget = measure_budget()
-    pictures = check_pictures(calibration_dir, artifact.num_classes)
+    pictures, judged_on = judging_pictures(artifact, calibration_dir)
     canvases = [native_canvas(picture, CHECK_MAX_PIXELS)[0] for _, picture in pictures]
-    side = min(artifact.hp.crop_size, TIMING_MAX_SIDE)
-    timing_input = np.zeros((3, side, side), dtype=np.float32)
+    side = key["timing_side"]
+    timing_input = native_canvas(resize_picture(pictures[0][1], side, side), side * side)[0]
     reference_masks: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
     skipped: list[list[str]] = []
@@ -159,9 +169,16 @@ def _measure_and_choose(
         gc.collect()
     assert best is not None, "MXNet FP32, the reference, always qualifies"
     choice = best[1:]
-    record = {"key": key, "choice": list(choice), "measured": rows, "skipped": skipped, "input": [side, side]}
+    record = {
+        "key": key,
+        "choice": list(choice),
+        "measured": rows,
+        "skipped": skipped,
+        "input": [side, side],
+        "judged_on": judged_on,
+    }
     record["seconds_to_choose"] = round(time.perf_counter() - start, 1)
-    log.info("backend auto: measured at %dx%d on %s", side, side, key["cpu"])
+    log.info("backend auto: timed at %dx%d on %s, judged on %s", side, side, key["cpu"], judged_on)
     for row in rows:
         log.info(
             "  %-12s %-5s %8.3f s  %7.3f%% of pixels as MXNet FP32%s",
@@ -183,6 +200,24 @@ def _measure_and_choose(
     except OSError as exc:
         log.warning("backend auto: could not keep the choice in %s (%s)", record_path, exc)
     return make(*choice)
+
+
+def judging_pictures(artifact: ModelArtifact, calibration_dir: Path | None) -> tuple[list[tuple[str, np.ndarray]], str]:
+    """(name, picture) pairs every candidate is judged on, and what they are (see the module docstring)."""
+    if calibration_dir is not None:
+        pictures = check_pictures(calibration_dir, artifact.num_classes)
+        return pictures, f"{len(pictures)} picture(s) of GLUONSEG_CALIBRATION_DIR {calibration_dir}"
+    kept = read_check_set(artifact.folder)
+    if kept:
+        return [
+            (c.name, c.picture) for c in kept
+        ], f"the model's {len(kept)} check picture(s) ({artifact.folder}/check)"
+    log.warning(
+        "backend auto: the model folder keeps no check pictures (trained before they were kept, or in Pipe mode): "
+        "judging on generated pictures; set GLUONSEG_CALIBRATION_DIR to a folder of pictures like those served"
+    )
+    pictures = check_pictures(None, artifact.num_classes)
+    return pictures, f"{len(pictures)} generated picture(s)"
 
 
 def _median_seconds(network: Network, data: np.ndarray) -> float:

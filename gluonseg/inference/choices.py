@@ -20,6 +20,10 @@ REFERENCE = ("mxnet", "fp32")
 # auto's measuring, the export included, stops after this many seconds, so that with the reference's
 # load before it and the other workers' after it a worker answers /ping inside SageMaker's 4 minutes.
 MEASURE_BUDGET_S = 120.0
+# auto times each candidate on a picture this many pixels a side (GLUONSEG_AUTO_TIMING_SIDE), whatever the crop
+# size: relative speeds at a small crop did not hold at the sizes served (`make demo`, crop 96, picked MXNet
+# BF16 at 96x96, which was no faster than FP32 on 480x480 pictures).
+TIMING_SIDE = 480
 
 
 def check_backend(value: str, name: str = "backend") -> str:
@@ -64,3 +68,17 @@ def measure_budget(value: str | None = None) -> float:
     if not budget >= 0:  # NaN too
         raise ClientError(f"GLUONSEG_AUTO_BUDGET_S must be at least 0, got {value!r}")
     return budget
+
+
+def timing_side(value: str | None = None) -> int:
+    """auto's timing picture side: `value`, else GLUONSEG_AUTO_TIMING_SIDE, else TIMING_SIDE; a multiple of 8."""
+    value = value if value is not None else os.environ.get("GLUONSEG_AUTO_TIMING_SIDE")
+    if value is None or not value.strip():
+        return TIMING_SIDE
+    try:
+        side = int(value)
+    except ValueError:
+        raise ClientError(f"GLUONSEG_AUTO_TIMING_SIDE must be a whole number of pixels, got {value!r}") from None
+    if side < 64 or side > 2048 or side % 8:
+        raise ClientError(f"GLUONSEG_AUTO_TIMING_SIDE must be a multiple of 8 from 64 to 2048, got {value!r}")
+    return side

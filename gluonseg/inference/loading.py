@@ -10,6 +10,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from gluonseg.artifacts import ModelArtifact, read_model_dir
+from gluonseg.errors import ClientError
 from gluonseg.inference.choices import check_backend, check_precision
 from gluonseg.inference.geometry import DEFAULT_SCALE, NATIVE_MAX_PIXELS
 from gluonseg.inference.network import MXNetNetwork, Network, ShapeConverter
@@ -47,7 +48,8 @@ def load_predictor(
     precision: 'fp32' (default), 'int8' or 'bf16'. With mxnet: oneDNN on the CPU; see
     gluonseg.inference.precision for where INT8 comes from (the exported model-int8-* files, else
     calibration on `calibration_dir`'s images) and when a precision falls back to fp32. OpenVINO runs fp32
-    and bf16, ONNX Runtime fp32. `predictor.backend` and `predictor.precision` say what was used.
+    and bf16, ONNX Runtime fp32; both run int8 from the model folder's model-int8.onnx
+    (gluonseg.inference.int8_onnx). `predictor.backend` and `predictor.precision` say what was used.
     """
     backend = check_backend(backend)
     artifact = read_model_dir(Path(folder))
@@ -112,9 +114,20 @@ def make_network(
     from gluonseg.inference.onnx_cache import exported_model
 
     check_backend_precision(backend, precision)  # before the export, which takes a while
-    path = exported_model(artifact)
+    if precision == "int8":
+        from gluonseg.inference.int8_onnx import INT8_ONNX, int8_onnx_path
+
+        path = int8_onnx_path(artifact)
+        if path is None:
+            raise ClientError(
+                f"backend {backend} runs INT8 from {INT8_ONNX} in the model folder {artifact.folder}, which has "
+                "none kept for these parameters (training makes it unless int8_model=False; or run "
+                "`gluonseg quantize --format onnx --model-dir M --calibration DIR`)"
+            )
+    else:
+        path = exported_model(artifact)
     if backend == "onnxruntime":
-        return OnnxRuntimeNetwork(path)
+        return OnnxRuntimeNetwork(path, precision=precision)
     return OpenVinoNetwork(path, precision)
 
 

@@ -5,10 +5,11 @@ float32 logits out, H and W multiples of 8, so the Predictor's geometry and post
 for every backend.
 
 - ONNX Runtime: the CUDA provider when onnxruntime-gpu sees a GPU, else the CPU; the provider in use is
-  logged and kept in `provider`. FP32 only.
+  logged and kept in `provider`. FP32, and INT8 from the QDQ model-int8.onnx (gluonseg.inference.int8_onnx).
 - OpenVINO: the CPU plugin, FP32 or BF16 (`INFERENCE_PRECISION_HINT`; BF16 runs on AMX/AVX-512-BF16
   where the CPU has them, and OpenVINO falls back to FP32 where it has not, which `precision` then says).
   For BF16 the graph's large-dilation convolutions are rewritten first (gluonseg.inference.onnx_rewrites).
+  INT8: the QDQ model-int8.onnx, whose quantized convolutions OpenVINO runs with integer kernels (the rest FP32).
 
 Threads: OMP_NUM_THREADS when set (the server gives each worker its share of the cores), else every
 core this process may use; OpenVINO pins its threads to cores only when the process has every core.
@@ -33,7 +34,7 @@ from gluonseg.util import available_cpus
 
 log = logging.getLogger(__name__)
 
-ONNX_PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
+ONNX_PRECISIONS = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
 
 
 def threads() -> int:
@@ -48,19 +49,18 @@ def check_backend_precision(backend: str, precision: str) -> None:
     """ClientError when `backend` cannot run `precision`."""
     allowed = ONNX_PRECISIONS[backend]
     if precision not in allowed:
-        raise ClientError(
-            f"backend {backend} runs precision {', '.join(allowed)}, not {precision} "
-            "(INT8 runs with backend mxnet: `gluonseg quantize`)"
-        )
+        raise ClientError(f"backend {backend} runs precision {', '.join(allowed)}, not {precision}")
 
 
 class OnnxRuntimeNetwork:
     backend = "onnxruntime"
-    precision = "fp32"
 
-    def __init__(self, path: Path, num_threads: int | None = None, prefer_gpu: bool = True) -> None:
+    def __init__(
+        self, path: Path, num_threads: int | None = None, prefer_gpu: bool = True, precision: str = "fp32"
+    ) -> None:
         import onnxruntime as ort
 
+        self.precision = precision  # of the file: model.onnx or the QDQ model-int8.onnx
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads or threads()
         options.inter_op_num_threads = 1
@@ -95,7 +95,7 @@ class OpenVinoNetwork:
 
         check_backend_precision(self.backend, precision)
         core = ov.Core()
-        hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+        hint = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[precision]  # INT8: the file's QDQ layers
         count = num_threads or threads()
         config = {
             "INFERENCE_PRECISION_HINT": hint,
@@ -108,7 +108,7 @@ class OpenVinoNetwork:
         }
         self._compiled = core.compile_model(self._read(core, Path(path), precision), "CPU", config)
         used = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # 'bf16' or 'f32'
-        self.precision = "bf16" if used == "bf16" else "fp32"
+        self.precision = "int8" if precision == "int8" else "bf16" if used == "bf16" else "fp32"
         if self.precision != precision:
             log.warning("OpenVINO runs %s here, not %s (this CPU has no BF16 support)", self.precision, precision)
         self._request = self._compiled.create_infer_request()

@@ -90,6 +90,13 @@ def cache_folder(digest: str) -> Path:
     raise OSError(f"no writable folder for the ONNX export: {cache_root()} and {fallback} both refused")
 
 
+def existing_export(artifact: ModelArtifact) -> Path | None:
+    """model.onnx (free shape) of these parameters where one was made before, else None; nothing exported."""
+    digest = params_digest(artifact.params_path)
+    folder = export_folder(artifact, digest)
+    return folder / ONNX_FILE if _usable(folder, digest) else None
+
+
 def exported_model(artifact: ModelArtifact) -> Path:
     """model.onnx (free shape) of the model folder's parameters, exported now if there is none yet."""
     digest = params_digest(artifact.params_path)

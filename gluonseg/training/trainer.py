@@ -14,6 +14,8 @@ from typing import Any
 import mxnet as mx
 
 from gluonseg import artifacts
+from gluonseg.data.check_set import plan_pictures, write_check_set
+from gluonseg.data.dataset import SegmentationDataset
 from gluonseg.data.inputs import TrainingInputs
 from gluonseg.environment import Environment, ResourceConfig
 from gluonseg.errors import AlgorithmError
@@ -104,7 +106,34 @@ def write_outputs(job: Job) -> None:
             {**best, "final_epoch_mIOU": final.get("mIOU")},
         )
         artifacts.write_class_stats(job.env.model_dir, job.class_stats)
+        keep_check_pictures(job)
     write_history(job.env, state.history)
+
+
+def keep_check_pictures(job: Job) -> None:
+    """A few of the job's pictures in the model folder (gluonseg.data.check_set), so that serving judges
+    faster backends on pictures like the user's. Pipe mode has no files to keep."""
+    inputs = job.inputs
+    if inputs.mode != "file":
+        log.info("check pictures: none kept in Pipe mode; serving will judge backends on generated pictures")
+        return
+    plan = plan_pictures(inputs.validation_samples, inputs.train_samples)
+    if not plan.check:
+        log.warning("check pictures: none kept (too few pictures)")
+        return
+    label_map = inputs.validation_label_map if plan.check_source == "validation" else inputs.train_label_map
+    dataset = SegmentationDataset(plan.check, label_map, mode="val_whole")
+    try:
+        folder = write_check_set(
+            job.env.model_dir, dataset.load, range(len(plan.check)), [s.image_file for s in plan.check],
+            plan.check_source,
+        )  # fmt: skip
+    except OSError as exc:  # the model itself is written; serving then judges on generated pictures
+        log.warning("check pictures: cannot write them into the model folder (%s)", exc)
+        return
+    log.info("check pictures: %d %s picture(s) kept in %s", len(plan.check), plan.check_source, folder)
+    if plan.note:
+        log.info("check pictures: %s", plan.note)
 
 
 def write_history(env: Environment, history: list[dict[str, Any]]) -> None:

@@ -41,7 +41,8 @@ def backbone_weights(tmp_path_factory):
 def test_the_training_image_trains_with_network_isolation_and_writes_the_artifact(
     containers, generated_dataset, backbone_weights, tmp_path
 ):
-    base = sagemaker_tree(tmp_path / "ml", generated_dataset, {**TINY, "use_pretrained_model": "True"})
+    hyperparameters = {**TINY, "use_pretrained_model": "True", "int8_model": "True"}  # the INT8 step too
+    base = sagemaker_tree(tmp_path / "ml", generated_dataset, hyperparameters)
     job = containers(
         "train",
         "train",
@@ -58,6 +59,10 @@ def test_the_training_image_trains_with_network_isolation_and_writes_the_artifac
     assert list(model.glob("*-symbol.json")), sorted(p.name for p in model.iterdir())
     assert json.loads((model / "hyperparams.json").read_text())["num_classes"] == TINY["num_classes"]
     assert not (base / "output" / "failure").exists()
+    # the INT8 step ran in the image, offline: check pictures kept, the INT8 model judged and recorded
+    assert "INT8 step took" in logs and len(list((model / "check" / "images").glob("*.jpg"))) == 2, logs[-4000:]
+    record = json.loads((model / "model-int8-onnx.json").read_text())
+    assert record["kept"] == (model / "model-int8.onnx").exists() and record["attempts"]
 
 
 def test_a_bad_hyperparameter_fails_the_job_with_a_client_error(containers, generated_dataset, tmp_path):

@@ -25,7 +25,7 @@ from benchmarks.common.server import Server
 from gluonseg.artifacts import read_model_dir
 from gluonseg.codecs.decode import decode_image, decode_probabilities
 from gluonseg.data.transforms import normalize
-from gluonseg.errors import AlgorithmError
+from gluonseg.errors import AlgorithmError, ClientError
 from gluonseg.inference import backend_choice, onnx_export
 from gluonseg.inference.loading import load_predictor
 from gluonseg.inference.onnx_cache import exported_model
@@ -157,8 +157,8 @@ def test_onnx_backends_predict_what_mxnet_predicts(model_copy, generated_dataset
                     np.testing.assert_allclose(ours.probabilities, theirs.probabilities, atol=FP32_PROBABILITY_ATOL)
                 else:
                     assert equal_share(ours.mask, theirs.mask) >= BF16_EQUAL
-    with pytest.raises(Exception, match="backend onnxruntime runs precision fp32, not int8"):
-        load_predictor(model_copy, backend="onnxruntime", precision="int8")
+    with pytest.raises(ClientError, match="backend onnxruntime runs INT8 from model-int8.onnx .* none kept"):
+        load_predictor(model_copy, backend="onnxruntime", precision="int8")  # trained with int8_model=False
 
 
 def test_a_fixed_shape_export_in_the_model_folder_is_left_alone(model_copy, tmp_path, monkeypatch):

@@ -294,9 +294,10 @@ def test_a_saved_model_file_is_read_without_ignored_value_lines(caplog):
 
 
 def test_extensions_are_marked_default_to_the_built_in_and_parse():
-    assert {p.name for p in SCHEMA if p.extension} == {"class_weights", "loss"}
+    assert {p.name for p in SCHEMA if p.extension} == {"class_weights", "loss", "int8_model"}
     hp = parse(REQUIRED)
-    assert hp.class_weights == "none" and hp.loss == "cross_entropy"
+    assert hp.class_weights == "none" and hp.loss == "cross_entropy" and hp.int8_model is True
+    assert parse({**REQUIRED, "int8_model": "False"}).int8_model is False
     for value in ("inverse_frequency", '"median_frequency"'):
         assert parse({**REQUIRED, "class_weights": value}).class_weights == value.strip('"')
     hp = parse({"num_classes": "3", "num_training_samples": "5", "class_weights": " 0.5, 2,0 ", "loss": "ohem"})
@@ -340,5 +341,7 @@ def test_extensions_are_listed_apart_and_left_out_of_the_model_folder_at_their_d
     assert listing.index("gluonseg extensions (not in SageMaker's algorithm") > listing.index("weight_decay")
     assert "class_weights" not in typed_for_json(parse(REQUIRED))
     assert "loss" not in typed_for_json(parse({**REQUIRED, "loss": "cross_entropy", "class_weights": "none"}))
+    assert "int8_model" not in typed_for_json(parse({**REQUIRED, "int8_model": "True"}))
+    assert typed_for_json(parse({**REQUIRED, "int8_model": "False"}))["int8_model"] is False
     written = typed_for_json(parse({"num_classes": "2", "num_training_samples": "1", "class_weights": "1,3"}))
     assert written["class_weights"] == [1.0, 3.0]

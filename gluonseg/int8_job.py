@@ -1,0 +1,54 @@
+"""The INT8 step after training: a faithful INT8 model written into the model folder (gluonseg.inference.int8_onnx).
+
+Run by the training entry (gluonseg.train_entry) once the model folder is written, on the first host only,
+in File mode, unless `int8_model=False`. The check pictures are the ones training kept in the folder
+(gluonseg.data.check_set); the calibration pictures are others, chosen by the same plan. A finished
+training job never fails here: the step's errors are logged and the FP32 model is served as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from gluonseg.data.check_set import CheckPicture, plan_pictures, read_check_set
+from gluonseg.data.images import load_image
+from gluonseg.data.inputs import TrainingInputs
+from gluonseg.environment import Environment
+from gluonseg.errors import error_summary
+from gluonseg.hyperparameters import Hyperparameters
+
+log = logging.getLogger("gluonseg.train")
+
+
+def make_int8_after_training(env: Environment, hp: Hyperparameters, inputs: TrainingInputs, primary: bool) -> None:
+    if not hp.int8_model:
+        log.info("INT8 model: not made (int8_model=False)")
+        return
+    if not primary:
+        return
+    if inputs.mode != "file":
+        log.info("INT8 model: not made in Pipe mode (no pictures kept to calibrate and check it on)")
+        return
+    check = read_check_set(env.model_dir)
+    plan = plan_pictures(inputs.validation_samples, inputs.train_samples)
+    if not check or not plan.calibration:
+        log.warning("INT8 model: not made (too few pictures to calibrate it and check it on others)")
+        return
+    if plan.note:
+        log.info("INT8 model: %s", plan.note)
+    start = time.perf_counter()
+    try:
+        from gluonseg.inference.int8_onnx import make_int8_onnx
+
+        calibration = [
+            CheckPicture(s.image_file, load_image(s.image_path, s.image_file, apply_exif=False), None)
+            for s in plan.calibration
+        ]
+        sources = {"calibration": plan.calibration_source, "check": plan.check_source}
+        if plan.note:
+            sources["note"] = plan.note
+        make_int8_onnx(env.model_dir, calibration, check, sources)
+    except Exception as exc:  # noqa: BLE001 - the trained FP32 model is already written and stays served
+        log.warning("INT8 model: not made (%s)", error_summary(exc))
+    log.info("INT8 step took %.1f s", time.perf_counter() - start)
