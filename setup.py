@@ -41,7 +41,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["gluonseg", "gluonseg.*", "serve", "serve.*"]),
-    package_data={"gluonseg": ["*.json", "codecs/*.proto"], "serve": ["nginx.conf.template"]},
+    package_data={"gluonseg": ["*.json", "codecs/*.proto"], "serve": ["nginx.conf.template", "page.html"]},
     include_package_data=True,
     # Versions are pinned in requirements.lock (runtime) and installed from it (--no-deps); these are the
     # direct needs only, so `pip check` can tell when the lock misses something.
@@ -56,6 +56,7 @@ setup(
         "protobuf>=5.29.6,<6",
         "tqdm",
         "matplotlib",
+        "tensorboardX>=2.6",  # training's TensorBoard event files
     ],
     # The ONNX export and serving backends (gluonseg.inference.onnx_*); requirements.lock has them. The GPU
     # serving image puts onnxruntime-gpu in place of onnxruntime, hence extras and not requirements.

@@ -28,6 +28,7 @@ from PIL import Image
 from gluonseg.util import free_port
 
 GLUONSEG = str(Path(sys.executable).parent / "gluonseg")
+TENSORBOARD = str(Path(sys.executable).parent / "tensorboard")
 
 FULL = {"classes": 5, "train": 64, "validation": 12, "size": 160, "crop": 96, "epochs": 10}
 QUICK = {"classes": 4, "train": 8, "validation": 4, "size": 64, "crop": 64, "epochs": 1}
@@ -146,6 +147,7 @@ def serve_and_query(model_dir: Path, image: Path, out: Path, requests_per_type: 
             if server.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the server did not come up; see {out / 'server.log'}")
             time.sleep(0.3)
+        print(f"  the page to try the model, while this server is up: {url}/", flush=True)
         body = image.read_bytes()
         results = {}
         for accept in ("image/png", "application/x-protobuf"):
@@ -244,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     train_args = ["train", "--data", str(data), "--model-dir", str(model), *[f"{k}={v}" for k, v in hp.items()]]
     run_streaming(train_args, epoch_progress(cfg["epochs"]))
     train_seconds = time.perf_counter() - train_start
+    board = model / "output" / "tensorboard"
+    print(f"  TensorBoard: {TENSORBOARD} --logdir {board}", flush=True)
     curves = model / "output" / "data" / "training_curves.png"
     if curves.exists():
         shutil.copyfile(curves, out / "training_curves.png")
@@ -290,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         f"INT8 model:          {int8_line(model)}",
         f"server backend:      {served['backend']} (GLUONSEG_BACKEND unset: auto, measured at the first load)",
         f"protobuf argmax == PNG mask: {served['argmax_equals_png']}",
+        f"TensorBoard:         {TENSORBOARD} --logdir {model / 'output' / 'tensorboard'}",
         f"pictures:            {out / 'pictures'} (masks and overlays), {out / 'evaluation'} (report.json, "
         f"confusion_matrix.png), {out / 'training_curves.png'}",
         f"total time:          {time.perf_counter() - started:.0f} s",

@@ -37,4 +37,13 @@ EXTENSIONS: tuple[Param, ...] = (
         choices=BOOL,
         **EXTENSION,
     ),
+    Param(
+        "tensorboard",
+        "bool",
+        "TensorBoard event files in /opt/ml/output/tensorboard (TensorBoardOutputConfig's folder): scalars each "
+        "epoch, validation pictures with predicted and true masks every 5 epochs.",
+        default=True,
+        choices=BOOL,
+        **EXTENSION,
+    ),
 )

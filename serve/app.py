@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from gluonseg.errors import NotAcceptable, ProbabilitiesTooLarge, RequestError, RequestTooLarge, UnsupportedContentType
 from serve.handler import Context, SegmentationHandler
+from serve.page import page_html
 from serve.settings import ServerSettings
 
 log = logging.getLogger("gluonseg.serve")
@@ -118,6 +119,22 @@ def create_app(settings: ServerSettings | None = None, handler: SegmentationHand
             return Response(status=200)
         log.error("ping: model not loaded: %s", state["load_error"])
         return _error(503, "model not loaded")
+
+    @app.get("/")
+    def page() -> Response:
+        if not settings.page:
+            return _error(404, "the page is off (GLUONSEG_PAGE=false)")
+        if not handler.initialized:
+            return _error(503, "model not loaded")
+        predictor = handler.predictor
+        config = {
+            "class_names": predictor.class_names,
+            "palette": predictor.palette[: 3 * predictor.num_classes],
+            "algorithm": predictor.algorithm,
+            "backend": predictor.backend,
+            "precision": predictor.precision,
+        }
+        return Response(page_html(config), status=200, content_type="text/html; charset=utf-8")
 
     @app.get("/execution-parameters")
     def execution_parameters() -> Response:

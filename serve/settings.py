@@ -150,6 +150,7 @@ class ServerSettings:
     runtime_dir: Path | None = None  # GLUONSEG_RUNTIME_DIR: nginx config, socket, flags (default: a new temp dir)
     workers_note: str = ""  # how the worker count was chosen, for the start-up log
     workers_asked: bool = False  # the count came from SAGEMAKER_MODEL_SERVER_WORKERS (or --workers)
+    page: bool = True  # GLUONSEG_PAGE: GET / answers the page to try the model (serve/page.py)
 
     @property
     def queue_limit(self) -> int:
@@ -230,4 +231,5 @@ class ServerSettings:
             runtime_dir=Path(runtime) if (runtime := _env("GLUONSEG_RUNTIME_DIR")) else None,
             workers_note=note,
             workers_asked=asked is not None,
+            page=_bool(_env("GLUONSEG_PAGE") or "true", "GLUONSEG_PAGE"),
         )

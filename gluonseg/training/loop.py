@@ -61,6 +61,7 @@ class Job:
     loaders: dict[str, Any] = field(default_factory=dict)
     state: RunState = field(default_factory=RunState)
     finished: bool = False  # the last epoch ran, or early stopping ended the job
+    board: Any = None  # gluonseg.training.tensorboard.TrainingBoard, on the first host unless tensorboard=False
 
 
 def batches_for_epoch(hp, inputs: TrainingInputs, env: Environment, epoch: int, loaders, seed, split: str):
@@ -208,6 +209,7 @@ def _end_epoch(job: Job, epoch: int, record: dict[str, Any]) -> None:
         miou=record["mIOU"],
         val_throughput=record["validation_throughput"],
     )
+    _to_board(job, epoch, record)
     should_stop = early.update(epoch, record["mIOU"])
     state.epoch_done = epoch
     if should_stop:
@@ -224,6 +226,19 @@ def _end_epoch(job: Job, epoch: int, record: dict[str, Any]) -> None:
         save_checkpoint(
             job.ckpt_dir, job.net, job.trainer, state_dict(state, early, job.finished), is_best=early.is_best
         )
+
+
+def _to_board(job: Job, epoch: int, record: dict[str, Any]) -> None:
+    """The epoch's scalars (and some epochs' pictures) into the TensorBoard event files; never fails the job."""
+    if job.board is None:
+        return
+    try:
+        job.board.epoch(record, job.trainer.learning_rate)
+        if job.board.wants_pictures(epoch):
+            job.board.validation_pictures(epoch, job.net, job.ctxs[0])
+    except Exception as exc:  # noqa: BLE001 - event files are a view of training, not training
+        log.warning("TensorBoard: stopped writing event files (%s)", exc)
+        job.board = None
 
 
 def best_record(state: RunState, early: EarlyStopping) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from gluonseg.training.setup import (
     make_trainer,
     reproducible_seed,
 )
+from gluonseg.training.tensorboard import PICTURES, open_board
 
 log = logging.getLogger("gluonseg.train")
 
@@ -65,10 +66,24 @@ def train(hp: Hyperparameters, inputs: TrainingInputs, env: Environment, resourc
     resume(job)
     collective.start(net, job.trainer, ctxs, (1, 3, hp.crop_size, hp.crop_size))
     job.loaders = make_loaders(hp, inputs, seed)
-    run_epochs(job)
+    job.board = open_board(hp.tensorboard, collective.is_primary, env.output_dir, hp.num_classes, hp.epochs,
+                           board_pictures(inputs))  # fmt: skip
+    try:
+        run_epochs(job)
+    finally:
+        if job.board is not None:
+            job.board.close()
     write_outputs(job)
     job.trainer = None  # it holds the KVStore, which must be released for ps-lite's clean shutdown
     collective.close()
+
+
+def board_pictures(inputs: TrainingInputs) -> SegmentationDataset | None:
+    """The validation pictures TensorBoard shows each few epochs (File mode; Pipe mode streams them once)."""
+    if inputs.mode != "file" or not inputs.validation_samples:
+        return None
+    samples = inputs.validation_samples[:PICTURES]
+    return SegmentationDataset(samples, inputs.validation_label_map, mode="val_whole")
 
 
 def resume(job: Job) -> None:

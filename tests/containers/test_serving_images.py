@@ -53,6 +53,8 @@ def test_the_image_serves_a_read_only_model_as_gluonseg_serve_does(image, contai
         in logs
     ), logs[-3000:]
     assert "Read-only file system" not in logs
+    page = requests.get(server.url + "/", timeout=30)  # the page to try the model ships in the image
+    assert page.status_code == 200 and "gluonseg: try the model" in page.text
 
     got = answers(server.url, packed_model["pictures"])
     for ours, theirs in zip(got, packed_model["answers"], strict=True):

@@ -40,6 +40,10 @@ def test_quick_demo_runs_every_command_and_reports_what_they_wrote(tmp_path):
     # The server ran the serving default: auto measured the backends at the first load and said what it chose.
     choice = json.loads((out / "model" / "backend-choice.json").read_text())["choice"]
     assert f"server backend:      {choice[0]} {choice[1]}, loaded in " in stdout
+    # the TensorBoard line names the job's event files, and the page's address came while the server was up
+    board = out / "model" / "output" / "tensorboard"
+    assert f"--logdir {board}" in stdout and list(board.glob("events.out.tfevents.*"))
+    assert re.search(r"the page to try the model, while this server is up: http://127\.0\.0\.1:\d+/", stdout)
     # training's INT8 step ran (int8_model's default) and the summary says what its record says
     int8 = json.loads((out / "model" / "model-int8-onnx.json").read_text())
     assert f"INT8 model:          {'kept' if int8['kept'] else 'not kept'}: {100 * int8['agreement']:.2f}%" in stdout

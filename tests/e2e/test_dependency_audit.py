@@ -198,7 +198,7 @@ def test_parse_lock_refuses_the_same_project_twice_after_normalisation():
 
 def test_real_locks_parse_to_unique_pins_split_into_runtime_and_development():
     pins = da.read_locks([LOCK, DEV_LOCK])
-    assert len(pins) == len({p.name for p in pins}) == 62
+    assert len(pins) == len({p.name for p in pins}) == 68
     runtime = {p.name for p in da.read_lock(LOCK)}
     assert {"pillow", "mxnet", "typing-extensions", "pyyaml", "onnxruntime", "openvino"} <= runtime
     assert not {"pytest", "ruff", "hypothesis", "grpcio-tools", "botocore"} & runtime
@@ -239,7 +239,7 @@ def test_every_finding_for_the_pinned_versions_is_in_security_md():
 def test_the_command_passes_on_the_real_locks(capsys):
     assert da.main([*BOTH, "--advisories", str(SNAPSHOT)]) == 0
     out = capsys.readouterr().out
-    assert "62 pins audited" in out and "FAIL" not in out
+    assert "68 pins audited" in out and "FAIL" not in out
 
 
 # --- (d) a changed lock fails and names the new advisory -----------------------------------------
@@ -294,7 +294,7 @@ def test_online_without_pip_audit_says_so_and_falls_back(monkeypatch, capsys):
     monkeypatch.setattr(da.shutil, "which", lambda name: None)
     assert da.main(["--online", *BOTH, "--advisories", str(SNAPSHOT)]) == 0
     out = capsys.readouterr().out
-    assert "pip-audit is not on PATH" in out and "62 pins audited" in out
+    assert "pip-audit is not on PATH" in out and "68 pins audited" in out
 
 
 def _fake_pip_audit(tmp_path: Path, output: str, status: int) -> None:

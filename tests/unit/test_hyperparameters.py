@@ -294,10 +294,10 @@ def test_a_saved_model_file_is_read_without_ignored_value_lines(caplog):
 
 
 def test_extensions_are_marked_default_to_the_built_in_and_parse():
-    assert {p.name for p in SCHEMA if p.extension} == {"class_weights", "loss", "int8_model"}
+    assert {p.name for p in SCHEMA if p.extension} == {"class_weights", "loss", "int8_model", "tensorboard"}
     hp = parse(REQUIRED)
     assert hp.class_weights == "none" and hp.loss == "cross_entropy" and hp.int8_model is True
-    assert parse({**REQUIRED, "int8_model": "False"}).int8_model is False
+    assert parse({**REQUIRED, "int8_model": "False"}).int8_model is False and hp.tensorboard is True
     for value in ("inverse_frequency", '"median_frequency"'):
         assert parse({**REQUIRED, "class_weights": value}).class_weights == value.strip('"')
     hp = parse({"num_classes": "3", "num_training_samples": "5", "class_weights": " 0.5, 2,0 ", "loss": "ohem"})
