@@ -16,7 +16,7 @@ Runtime) the QDQ model-int8.onnx of `gluonseg quantize --format onnx`, calibrate
 images and checked on the other half (gluonseg.inference.int8_onnx; its record's agreement is on that half).
 
 Run: .venv/bin/python -m benchmarks.backends [--work DIR] [--algorithms fcn,psp,deeplab] [--seconds 20]
-     [--runs 5] [--no-record] [--section NAME]
+     [--runs 5] [--no-record] [--section NAME] [--model DIR --data DIR]
 """
 
 from __future__ import annotations
@@ -160,14 +160,18 @@ def measure_model(algorithm: str, model: Path, data: Path, seconds: float, runs:
     return {"algorithm": algorithm, "rows": rows, "auto": [auto.backend, auto.precision]}
 
 
-def report(results: list[dict[str, Any]], seconds: float, runs: int) -> str:
+RUN_ALL_MODELS = "Models: ResNet-50, trained by benchmarks.run_all on the generated dataset (crop 128; 5 classes)"
+
+
+def report(results: list[dict[str, Any]], seconds: float, runs: int, models: str = RUN_ALL_MODELS) -> str:
     workers = available_cpus()
     lines = [
-        f"Models: ResNet-50, trained by benchmarks.run_all on the generated dataset (crop 128; 5 classes). Network: "
+        f"{models}. Network: "
         f"one forward pass at {NETWORK_SIZE}x{NETWORK_SIZE}, in process, {workers} threads, median of {runs}. Server: "
         f"`serve` (nginx + gunicorn), {workers} workers x 1 thread, native scale, the generated 800x600 JPEG, "
         f"{workers} clients for {seconds:.0f} s. Equal pixels and mIoU against MXNet FP32 on that picture and on "
-        "the 24 generated validation pictures. MXNet INT8: `gluonseg quantize` on the first 10 validation images.",
+        "the validation pictures. MXNet INT8: `gluonseg quantize` on the first 10 validation images; OpenVINO and "
+        "ONNX Runtime INT8: `gluonseg quantize --format onnx` on the first half, checked on the other half.",
         "",
         "| model | backend | precision | network at 480² (s) | vs MXNet FP32 | server req/s (n) | vs MXNet FP32 "
         "| picture: = MXNet FP32 | validation: = MXNet FP32 | validation mIoU | mIoU change (points) |",
@@ -202,6 +206,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--model", type=Path, help="measure this model folder (with --data, its dataset) instead")
+    parser.add_argument("--data", type=Path, help="the dataset of --model (validation, validation_annotation)")
     parser.add_argument(
         "--section", default="backends", help="BENCHMARKS.md section to write (one per CPU kind: another CPU's stays)"
     )
@@ -209,13 +215,27 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(available_cpus()))  # before MXNet is imported: every core
     from benchmarks.common.report import publish
 
-    algorithms = args.algorithms.split(",")
-    data, models = ensure_models(args.work, algorithms)
+    if args.model is not None:
+        if args.data is None:
+            parser.error("--model needs --data")
+        algorithm = json.loads((args.model / "hyperparams.json").read_text())["algorithm"]
+        algorithms, data, models = [algorithm], args.data, {algorithm: args.model}
+    else:
+        algorithms = args.algorithms.split(",")
+        data, models = ensure_models(args.work, algorithms)
     results = []
     for algorithm in algorithms:
         model = serving_copy(models[algorithm], args.work / "backends" / algorithm / "model", data)
         results.append(measure_model(algorithm, model, data, args.seconds, args.runs))
-    publish(args.section, report(results, args.seconds, args.runs), record=not args.no_record)
+    models_note = RUN_ALL_MODELS
+    if args.model is not None:
+        hp = json.loads((args.model / "hyperparams.json").read_text())
+        count = len(list((data / "validation").glob("*.jpg")))
+        models_note = (
+            f"Model: {hp['algorithm']} on {hp['backbone']} from {args.model} (crop {hp['crop_size']}, "
+            f"{hp['num_classes']} classes), its dataset's {count} validation pictures"
+        )
+    publish(args.section, report(results, args.seconds, args.runs, models_note), record=not args.no_record)
 
 
 if __name__ == "__main__":

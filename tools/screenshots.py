@@ -57,10 +57,13 @@ def tensorboard_shot(demo: Path, out: Path) -> Path:
     board = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(f"http://127.0.0.1:{port}/", board)
-        with Browser(width=1400, height=900) as browser:
-            browser.open(f"http://127.0.0.1:{port}/?pinnedCards=&tagFilter=validation%2F#timeseries")
+        with Browser(width=1500, height=1000) as browser:
+            browser.open(f"http://127.0.0.1:{port}/?tagFilter=validation#timeseries")
             browser.wait_for("document.querySelectorAll('canvas, svg').length > 4", 60)
-            time.sleep(3)  # the charts draw after their data arrives
+            # the settings pane opens by default and hides a column of charts
+            close = "[...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Settings')?.click()"
+            browser.evaluate(close)
+            time.sleep(4)  # the charts and pictures draw after their data arrives
             return browser.screenshot(out / "tensorboard.png")
     finally:
         board.terminate()
