@@ -495,6 +495,9 @@ def test_two_hosts_train_in_lockstep_a_killed_worker_fails_the_job_and_a_rerun_r
     assert not (other / "model").exists() and not (other / "checkpoints").exists()
     history = json.loads((model / "output" / "data" / "metrics.json").read_text())
     assert [r["epoch"] for r in history] == [0, 1, 2]
+    # TensorBoard: one host writes (both runs of it: the first and the resumed one), the other none
+    assert len(list((model / "output" / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    assert not (other / "output" / "tensorboard").exists()
 
 
 @pytest.mark.timeout(240)
