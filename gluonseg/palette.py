@@ -7,6 +7,8 @@ significant bit of each channel first. Index 255 ("ignore") comes out as (224, 2
 
 from __future__ import annotations
 
+import numpy as np
+
 VOC_CLASSES: tuple[str, ...] = (
     "background",
     "aeroplane",
@@ -56,3 +58,44 @@ def class_names(n: int) -> list[str]:
     if n < 0:
         raise ValueError(f"number of classes must be >= 0, got {n}")
     return [VOC_CLASSES[i] if i < len(VOC_CLASSES) else f"class_{i}" for i in range(n)]
+
+
+BACKGROUND = 0  # class 0 is left unblended, so the picture stays readable where nothing was found
+
+
+def colour_table(palette: list[int]) -> np.ndarray:
+    """(256, 3) uint8: the RGB colour of each index of a flat palette (missing entries black)."""
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    values = np.asarray(palette[: 256 * 3], dtype=np.uint8)
+    colours.reshape(-1)[: values.size] = values
+    return colours
+
+
+BAND_PIXELS = 1 << 20  # the blend runs over row bands of about this many pixels: float copies of a band, not a picture
+
+
+def blend(
+    image: np.ndarray, mask: np.ndarray, palette: list[int], alpha: float = 0.5, out: np.ndarray | None = None
+) -> np.ndarray:
+    """(H, W, 3) uint8: `image * (1 - alpha) + colour * alpha` where the mask is not background, rounded.
+
+    Computed band by band, so a 100 MP picture needs no picture-sized float array. `out`: where to write
+    (it may be `image` itself, when the caller no longer needs the picture); a new array by default.
+    """
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"mask {mask.shape} does not match image {image.shape[:2]}")
+    if out is None:
+        out = image.copy()
+    elif out is not image:
+        out[...] = image
+    colours = colour_table(palette)
+    rows = max(1, BAND_PIXELS // max(1, image.shape[1]))
+    for top in range(0, image.shape[0], rows):
+        band = mask[top : top + rows]
+        painted = band != BACKGROUND
+        if not painted.any():
+            continue
+        pixels = out[top : top + rows]
+        mixed = pixels[painted].astype(np.float32) * (1.0 - alpha) + colours[band[painted]].astype(np.float32) * alpha
+        pixels[painted] = np.floor(mixed + 0.5).astype(np.uint8)
+    return out

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from gluonseg.palette import BAND_PIXELS, blend, colour_table
+
 log = logging.getLogger(__name__)
 
 IGNORE = 255
-BACKGROUND = 0  # class 0 is left unblended, so the picture stays readable where nothing was found
 LEGEND_BOX = (255, 255, 255, 210)  # nearly opaque white under the legend text
 LEGEND_TEXT = (0, 0, 0, 255)
 
@@ -37,43 +38,6 @@ class PredictResult:
     reason: str = ""
     mask_path: Path | None = None
     overlay_path: Path | None = None
-
-
-def _colour_table(palette: list[int]) -> np.ndarray:
-    colours = np.zeros((256, 3), dtype=np.uint8)
-    values = np.asarray(palette[: 256 * 3], dtype=np.uint8)
-    colours.reshape(-1)[: values.size] = values
-    return colours
-
-
-BAND_PIXELS = 1 << 20  # the blend runs over row bands of about this many pixels: float copies of a band, not a picture
-
-
-def blend(
-    image: np.ndarray, mask: np.ndarray, palette: list[int], alpha: float = 0.5, out: np.ndarray | None = None
-) -> np.ndarray:
-    """(H, W, 3) uint8: `image * (1 - alpha) + colour * alpha` where the mask is not background, rounded.
-
-    Computed band by band, so a 100 MP picture needs no picture-sized float array. `out`: where to write
-    (it may be `image` itself, when the caller no longer needs the picture); a new array by default.
-    """
-    if image.shape[:2] != mask.shape:
-        raise ValueError(f"mask {mask.shape} does not match image {image.shape[:2]}")
-    if out is None:
-        out = image.copy()
-    elif out is not image:
-        out[...] = image
-    colours = _colour_table(palette)
-    rows = max(1, BAND_PIXELS // max(1, image.shape[1]))
-    for top in range(0, image.shape[0], rows):
-        band = mask[top : top + rows]
-        painted = band != BACKGROUND
-        if not painted.any():
-            continue
-        pixels = out[top : top + rows]
-        mixed = pixels[painted].astype(np.float32) * (1.0 - alpha) + colours[band[painted]].astype(np.float32) * alpha
-        pixels[painted] = np.floor(mixed + 0.5).astype(np.uint8)
-    return out
 
 
 def classes_present(mask: np.ndarray) -> list[int]:
@@ -152,7 +116,7 @@ def overlay(
     picture = Image.fromarray(blend(pixels, mask, palette, alpha, out=pixels if reuse else None))
     if not legend:
         return picture
-    colours = _colour_table(palette)
+    colours = colour_table(palette)
     entries = [(_class_name(c, class_names), tuple(int(v) for v in colours[c])) for c in classes_present(mask)]
     return draw_legend(picture, entries)
 

@@ -212,17 +212,10 @@ def mean_iou(masks: Sequence[np.ndarray], items: Sequence[Canvas], num_classes: 
 
 def _reference_masks(artifact: ModelArtifact, items: Sequence[Canvas]) -> list[np.ndarray]:
     """MXNet FP32's masks: the reference every backend and precision is held to."""
-    import mxnet as mx
-
     from gluonseg.inference.network import MXNetNetwork
-    from gluonseg.models import load_trained_network
+    from gluonseg.inference.precision import fp32_network
 
-    hp = artifact.hp
-    net = load_trained_network(
-        artifact.params_path, hp.algorithm, hp.backbone, artifact.num_classes, hp.crop_size, hp.base_size,
-        ctx=mx.cpu(), aux=False,
-    )  # fmt: skip
-    network = MXNetNetwork(net, hp.crop_size)
+    network = MXNetNetwork(fp32_network(artifact), artifact.hp.crop_size)
     return [_mask(network.logits(item.data), item) for item in items]
 
 
@@ -340,8 +333,8 @@ def quantize_folder(
     calibration = every[:num]
     if check_dir is not None:
         check, source = pictures(calibration_image_paths(Path(check_dir), 64)), str(check_dir)
-    elif read_check_set(model_dir):
-        check, source = read_check_set(model_dir), "the model's check pictures"
+    elif kept := read_check_set(model_dir):
+        check, source = kept, "the model's check pictures"
     elif len(every) - len(calibration) >= 2:
         check, source = pictures(every[num : num + 16]), f"{calibration_dir} after the first {num}"
     else:

@@ -35,9 +35,8 @@ from gluonseg.errors import AlgorithmError, ClientError
 from gluonseg.inference.geometry import MULTIPLE, native_canvas
 from gluonseg.inference.network import MXNetNetwork
 from gluonseg.inference.onnx_ops import EXPORTER_OPSETS, INPUT_NAME, size_following_translations
-from gluonseg.inference.precision import calibration_image_paths
+from gluonseg.inference.precision import calibration_image_paths, fp32_network
 from gluonseg.inference.shape_graphs import respecialise, traced_symbol
-from gluonseg.models import load_trained_network
 from gluonseg.util import params_digest
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ def export_onnx(
     artifact = read_model_dir(Path(model_dir))
     pictures = check_pictures(check_images, artifact.num_classes)  # fail on a bad folder before the slow part
     start = time.perf_counter()
-    network = MXNetNetwork(_fp32_network(artifact), artifact.hp.crop_size)
+    network = MXNetNetwork(fp32_network(artifact), artifact.hp.crop_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Written next to the destination and moved in only once checked: a failed export leaves nothing.
@@ -99,13 +98,6 @@ def export_onnx(
             os.replace(Path(scratch) / name, out_dir / name)
     log.info("exported %s (%s) in %.1f s", out_dir / ONNX_FILE, describe_record(record), record["export_seconds"])
     return record
-
-
-def _fp32_network(artifact: ModelArtifact) -> mx.gluon.HybridBlock:
-    hp = artifact.hp
-    return load_trained_network(
-        artifact.params_path, hp.algorithm, hp.backbone, artifact.num_classes, hp.crop_size, hp.base_size, aux=False
-    )
 
 
 def write_onnx(

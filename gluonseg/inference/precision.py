@@ -189,8 +189,8 @@ def load_int8(artifact: ModelArtifact, ctx: mx.Context) -> gluon.SymbolBlock | N
         raise ClientError(f"{symbol}: cannot load the INT8 model ({error_summary(exc)})") from None
 
 
-def _inference_network(artifact: ModelArtifact, ctx: mx.Context) -> gluon.HybridBlock:
-    """The model folder's FP32 network without the aux head."""
+def fp32_network(artifact: ModelArtifact, ctx: mx.Context | None = None) -> gluon.HybridBlock:
+    """The model folder's FP32 network without the aux head (on the CPU unless `ctx` says otherwise)."""
     hp = artifact.hp
     return load_trained_network(
         artifact.params_path, hp.algorithm, hp.backbone, artifact.num_classes, hp.crop_size, hp.base_size,
@@ -213,7 +213,7 @@ def export_int8(model_dir: Path, calibration_dir: Path, num_images: int = DEFAUL
     hp = artifact.hp
     paths = calibration_image_paths(Path(calibration_dir), num_images)
     tiles = calibration_tiles(paths, hp.crop_size)
-    net = _inference_network(artifact, mx.cpu())
+    net = fp32_network(artifact, mx.cpu())
     qnet = quantize_network(net, tiles)
     # export() saves the parameters the cached graph was built with, so it needs one forward pass first.
     qnet.hybridize()
@@ -279,7 +279,7 @@ def network_for_precision(
             )
         paths = calibration_image_paths(Path(calibration_dir), calibration_images)  # fail before the slow part
     hp = artifact.hp
-    net = _inference_network(artifact, ctx)
+    net = fp32_network(artifact, ctx)
     if precision == "int8":
         start = time.perf_counter()
         tiles = calibration_tiles(paths, hp.crop_size)

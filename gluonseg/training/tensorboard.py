@@ -24,7 +24,7 @@ import numpy as np
 
 from gluonseg.data.dataset import SegmentationDataset
 from gluonseg.data.transforms import normalize
-from gluonseg.palette import class_names, voc_colour
+from gluonseg.palette import blend, class_names, voc_palette
 
 log = logging.getLogger("gluonseg.train")
 
@@ -33,16 +33,12 @@ PICTURES = 3
 IMAGE_EVERY = 5
 MAX_SIDE = 320  # pictures are scaled down to this for the event file (it is synced to S3 every few minutes)
 ALPHA = 0.5
-IGNORE = 255
 
 
 def overlay(picture: np.ndarray, mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """HxWx3 uint8: the classes' VOC colours blended over `picture`; ignored and background pixels as they are."""
-    colours = np.array([voc_colour(c) for c in range(num_classes)], dtype=np.float32)
-    out = picture.astype(np.float32)
-    coloured = (mask > 0) & (mask < num_classes)
-    out[coloured] = (1 - ALPHA) * out[coloured] + ALPHA * colours[mask[coloured]]
-    return out.round().astype(np.uint8)
+    """HxWx3 uint8: the classes' VOC colours blended over `picture` (gluonseg.palette.blend, as `predict` draws
+    them); ignored pixels (255, or anything past the classes) left as they are, like background."""
+    return blend(picture, np.where(mask < num_classes, mask, 0), voc_palette(), ALPHA)
 
 
 def _scaled(picture: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

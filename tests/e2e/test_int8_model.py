@@ -42,6 +42,17 @@ def int8_model(int8_job, tmp_path):
     return Path(shutil.copytree(int8_job[0] / "model", tmp_path / "model"))
 
 
+def serve_one_check_picture(model: Path, name: str, **env: str) -> tuple[requests.Response, str]:
+    """A fresh server on `model` with the serving default (auto): its answer to check picture `name`, and its log."""
+    server = Server(model, workers=1, GLUONSEG_BACKEND="", **env).start(timeout=400)
+    try:
+        body = (model / "check" / "images" / f"{name}.jpg").read_bytes()
+        answer = requests.post(server.url + "/invocations", data=body, headers={"Content-Type": "image/jpeg"})
+        return answer, server.output()
+    finally:
+        server.stop()
+
+
 def test_training_keeps_check_pictures_and_an_int8_model_checked_on_other_pictures(int8_job):
     base, log = int8_job
     model = base / "model"
@@ -68,13 +79,7 @@ def test_training_keeps_check_pictures_and_an_int8_model_checked_on_other_pictur
 
 
 def test_auto_in_a_fresh_server_times_at_480_judges_on_the_check_pictures_and_measures_int8(int8_model):
-    server = Server(int8_model, workers=1, GLUONSEG_BACKEND="").start(timeout=400)
-    try:
-        body = (int8_model / "check" / "images" / "00.jpg").read_bytes()
-        answer = requests.post(server.url + "/invocations", data=body, headers={"Content-Type": "image/jpeg"})
-        log = server.output()
-    finally:
-        server.stop()
+    answer, log = serve_one_check_picture(int8_model, "00")
     assert answer.status_code == 200, answer.text
     # crop 64, yet timed at the served size; judged on the job's own pictures, not generated ones
     assert "backend auto: timed at 480x480" in log and "judged on the model's 2 check picture(s)" in log, log[-3000:]
@@ -104,13 +109,7 @@ def test_a_damaged_int8_model_is_refused_by_auto_and_serving_goes_on_with_a_fait
     onnx.save(model, str(int8_model / INT8_ONNX))
     assert int8_onnx.int8_onnx_path(artifact) is not None  # the record still vouches for it: auto must find out
 
-    server = Server(int8_model, workers=1, GLUONSEG_BACKEND="", GLUONSEG_AUTO_TIMING_SIDE="64").start(timeout=400)
-    try:
-        body = (int8_model / "check" / "images" / "01.jpg").read_bytes()
-        answer = requests.post(server.url + "/invocations", data=body, headers={"Content-Type": "image/jpeg"})
-        log = server.output()
-    finally:
-        server.stop()
+    answer, log = serve_one_check_picture(int8_model, "01", GLUONSEG_AUTO_TIMING_SIDE="64")
     assert answer.status_code == 200
     record = json.loads((int8_model / "backend-choice.json").read_text())
     damaged = [r for r in record["measured"] if r["precision"] == "int8"]
