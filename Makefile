@@ -17,7 +17,7 @@ export OMP_NUM_THREADS ?= 2
 export MXNET_ENGINE_TYPE ?= ThreadedEnginePerDevice
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: install install-runtime install-deps test test-fast test-images images lint demo bench audit clean proto nginx
+.PHONY: install install-runtime install-deps test test-fast test-images images lint demo bench bench-peer peer-venv audit clean proto nginx
 
 install: $(STAMP) nginx
 
@@ -92,10 +92,23 @@ demo: install proto
 bench: install proto
 	$(PY) -m benchmarks.run_all
 
+# PyTorch beside gluonseg on this CPU (benchmarks/pytorch_peer.py): torch needs an environment of its own
+# (gluoncv fails to import beside torch 2); about 5.5 GB, so never part of `make test`.
+PEER_VENV := .venv-peer
+peer-venv: $(PEER_VENV)/.installed
+
+$(PEER_VENV)/.installed: benchmarks/peer/requirements.lock
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --disable-pip-version-check -q --no-deps -r benchmarks/peer/requirements.lock
+	touch $@
+
+bench-peer: install proto peer-venv
+	$(PY) -m benchmarks.pytorch_peer
+
 # Offline audit of both locks against security/pypa-advisories.json (SECURITY.md); add
 # ARGS=--online on a machine that reaches PyPI, with pip-audit on the PATH.
 audit: install
 	$(PY) -m tools.dependency_audit $(ARGS)
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEER_VENV) demo-output .pytest_cache .ruff_cache

@@ -6,12 +6,11 @@ ONNX Runtime's static quantizer into QDQ form, which both ONNX Runtime and OpenV
 - weights INT8 per output channel (symmetric), activations UINT8 per tensor;
 - activation ranges: MinMax over the calibration pictures at native scale, the canvases the server feeds
   the network (gluonseg.inference.geometry.native_canvas), up to CALIBRATION_PICTURES of them;
-- accuracy control: the masks on the check pictures (never calibration pictures) are compared with MXNet FP32's.
-  Attempts keep growing sets of convolutions in FP32 until the agreement reaches MIN_AGREEMENT:
-    1. the first convolution and the classifier (the last, the only ones that see raw pixels and raw logits);
-    2. then the head (every convolution after the backbone's last block);
-    3. then the backbone's last stage.
-  When no attempt reaches the bar, no model is written; the record says so, with every attempt's agreement.
+- activation ranges computed once (calibrate) and shared by every attempt;
+- accuracy control: the masks on the check pictures (never calibration pictures) are compared with MXNet FP32's,
+  and the convolutions kept in FP32 are chosen by measurement (gluonseg.inference.int8_control): the ends, then
+  each group's sensitivity, then the groups that buy the most agreement per multiply-add, until MIN_AGREEMENT.
+  When no plan reaches the bar, no model is written; the record says why, with every attempt's agreement.
   mIoU against the check pictures' labels (when they have them) is recorded for FP32 and INT8 side by side.
 
 The record keeps the SHA-256 of the parameters the model came from: a folder retrained since ignores the file.
@@ -19,6 +18,7 @@ The record keeps the SHA-256 of the parameters the model came from: a folder ret
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -46,6 +46,7 @@ INT8_ONNX_RECORD = "model-int8-onnx.json"
 INT8_ONNX_FORMAT = "gluonseg-int8-onnx/1"
 MIN_AGREEMENT = 0.995  # the bar serving's `auto` holds every candidate to (gluonseg.inference.backend_choice)
 CALIBRATION_PICTURES = 16
+CALIBRATION_METHOD = "MinMax"
 CANVAS_MAX_PIXELS = 512 * 512  # calibration and check canvases: the sizes served, bounded to keep this quick
 IGNORE = 255
 
@@ -92,30 +93,6 @@ def read_int8_record(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("format") == INT8_ONNX_FORMAT else None
 
 
-# -- which convolutions stay FP32
-
-
-def fp32_attempts(model: Any, num_classes: int) -> list[list[str]]:
-    """The growing sets of Conv node names kept in FP32, one per attempt (see the module docstring).
-
-    The backbone's blocks are told apart by the names GluonCV gives them (`...layers4_...`); a graph whose
-    names say nothing of stages still gets the first two attempts.
-    """
-    convs = [node for node in model.graph.node if node.op_type == "Conv"]
-    if not convs:
-        return [[]]
-    first = convs[0].name
-    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    classifiers = [c.name for c in convs if weights.get(c.input[1], (0,))[0] == num_classes]
-    ends = [first, *(classifiers[-1:] or [convs[-1].name])]
-    stage4 = [c.name for c in convs if "layers4" in c.name or "layer4" in c.name]
-    if not stage4:
-        return [ends]
-    last_backbone = max(i for i, c in enumerate(convs) if c.name in stage4)
-    head = [c.name for c in convs[last_backbone + 1 :]]
-    return [ends, sorted(set(ends + head)), sorted(set(ends + head + stage4))]
-
-
 # -- quantizing and judging
 
 
@@ -159,23 +136,53 @@ def prepare(fp32_path: Path, out_path: Path) -> None:
     named.unlink()
 
 
-def quantize(fp32_path: Path, out_path: Path, calibration: Sequence[Canvas], fp32_nodes: Sequence[str]) -> None:
-    """QDQ INT8 model of `fp32_path` (prepared) at `out_path`, ranges from `calibration` (module docstring)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+def calibrate(prepared: Path, calibration: Sequence[Canvas], scratch: Path, method: str = CALIBRATION_METHOD) -> Any:
+    """Activation ranges of every tensor the quantizer may quantize, from `calibration` (ONNX Runtime's
+    calibrator; `method`: MinMax, Entropy or Percentile). Computed once and shared by every attempt."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    with _quiet_quantizer(), tempfile.TemporaryDirectory(dir=scratch, prefix="calibrate-") as work:
+        calibrator = create_calibrator(
+            Path(prepared),
+            _quantized_op_types(),
+            augmented_model_path=str(Path(work) / "augmented.onnx"),
+            calibrate_method=CalibrationMethod[method],
+        )
+        calibrator.collect_data(_Reader(calibration))
+        return calibrator.compute_data()
+
+
+def quantize(prepared: Path, out_path: Path, ranges: Any, fp32_nodes: Sequence[str], per_channel: bool = True) -> None:
+    """QDQ INT8 model of `prepared` at `out_path` from `ranges` (calibrate), `fp32_nodes` left in FP32.
+
+    What ONNX Runtime's quantize_static does after its calibration, so that the attempts share one calibration
+    (at 480x480 it is most of an attempt's time)."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer, update_opset_version
 
     with _quiet_quantizer():
-        quantize_static(
-            str(fp32_path),
-            str(out_path),
-            _Reader(calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=list(fp32_nodes),
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        model = update_opset_version(load_model_with_shape_infer(Path(prepared)), QuantType.QInt8)
+        quantizer = QDQQuantizer(
+            model,
+            per_channel,
+            False,  # reduce_range
+            QuantType.QInt8,  # weights
+            QuantType.QUInt8,  # activations
+            copy.deepcopy(ranges),  # the quantizer may adjust them: every attempt starts from the same ones
+            [],  # nodes_to_quantize: all
+            list(fp32_nodes),
+            _quantized_op_types(),
+            {"WeightSymmetric": True, "ActivationSymmetric": False},
         )
+        quantizer.quantize_model()
+        quantizer.model.save_model_to_file(str(out_path), False)
+
+
+def _quantized_op_types() -> list[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
 def _mask(logits: np.ndarray, item: Canvas) -> np.ndarray:
@@ -210,7 +217,7 @@ def mean_iou(masks: Sequence[np.ndarray], items: Sequence[Canvas], num_classes: 
     return float((hits[present] / union[present]).mean()) if present.any() else None
 
 
-def _reference_masks(artifact: ModelArtifact, items: Sequence[Canvas]) -> list[np.ndarray]:
+def reference_masks(artifact: ModelArtifact, items: Sequence[Canvas]) -> list[np.ndarray]:
     """MXNet FP32's masks: the reference every backend and precision is held to."""
     from gluonseg.inference.network import MXNetNetwork
     from gluonseg.inference.precision import fp32_network
@@ -219,7 +226,8 @@ def _reference_masks(artifact: ModelArtifact, items: Sequence[Canvas]) -> list[n
     return [_mask(network.logits(item.data), item) for item in items]
 
 
-def _session_masks(path: Path, items: Sequence[Canvas]) -> list[np.ndarray]:
+def session_masks(path: Path, items: Sequence[Canvas]) -> list[np.ndarray]:
+    """The masks of the ONNX model at `path` in ONNX Runtime on the CPU."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -233,14 +241,17 @@ def make_int8_onnx(
     calibration: Sequence[CheckPicture],
     check: Sequence[CheckPicture],
     sources: dict[str, str] | None = None,
+    min_agreement: float = MIN_AGREEMENT,
 ) -> dict[str, Any]:
     """Quantize, judge and keep (or not) the folder's INT8 model; returns the record written beside it.
 
     calibration: pictures for the activation ranges; check: other pictures (with labels when known) that
-    the INT8 masks are compared on; sources: where each set came from, for the record and the log.
+    the INT8 masks are compared on; sources: where each set came from, for the record and the log;
+    min_agreement: the bar (auto's, unless a caller asks for another).
     """
     import onnx
 
+    from gluonseg.inference.int8_control import control, conv_groups, conv_macs, end_convolutions
     from gluonseg.inference.onnx_cache import existing_export
     from gluonseg.inference.onnx_export import ONNX_FILE, export_onnx
 
@@ -250,55 +261,73 @@ def make_int8_onnx(
     if not calibration or not check:
         raise ClientError("an INT8 model needs calibration pictures and other pictures to check it on")
     calib, checks = canvases(calibration[:CALIBRATION_PICTURES]), canvases(check)
-    reference = _reference_masks(artifact, checks)
+    reference = reference_masks(artifact, checks)
     fp32_miou = mean_iou(reference, checks, artifact.num_classes)
-    attempts: list[dict[str, Any]] = []
-    kept: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(dir=folder, prefix=".int8-") as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
+        prepared, candidate = Path(scratch) / "prepared.onnx", Path(scratch) / INT8_ONNX
         fp32 = existing_export(artifact)
         if fp32 is None:  # exported here, not into the folder: a 100+ MB FP32 file would double model.tar.gz
             export_onnx(folder, Path(scratch))
             fp32 = Path(scratch) / ONNX_FILE
         prepare(fp32, prepared)
-        plans = fp32_attempts(onnx.load(str(prepared)), artifact.num_classes)
-        for fp32_nodes in plans:
+        began = time.perf_counter()
+        ranges = calibrate(prepared, calib, Path(scratch))
+        calibration_seconds = round(time.perf_counter() - began, 1)
+        graph = onnx.load(str(prepared), load_external_data=False)
+        ends = end_convolutions(graph, artifact.num_classes)
+        groups, macs = conv_groups(graph, ends), conv_macs(graph)
+        del graph
+        last: list[str] | None = None
+
+        def measure(fp32_nodes: list[str]) -> dict[str, Any]:
+            nonlocal last
             began = time.perf_counter()
-            candidate = Path(scratch) / INT8_ONNX
-            quantize(prepared, candidate, calib, fp32_nodes)
-            masks = _session_masks(candidate, checks)
-            attempt = {
-                "fp32_convolutions": list(fp32_nodes),
+            quantize(prepared, candidate, ranges, fp32_nodes)
+            last = list(fp32_nodes)
+            masks = session_masks(candidate, checks)
+            return {
                 "agreement": agreement(masks, reference),
                 "mIoU": mean_iou(masks, checks, artifact.num_classes),
                 "seconds": round(time.perf_counter() - began, 1),
             }
-            attempts.append(attempt)
+
+        def logged(attempt: dict[str, Any]) -> None:
             log.info(
-                "INT8 attempt %d (%d convolution(s) kept FP32): %.3f%% of check pixels as MXNet FP32",
-                len(attempts), len(fp32_nodes), 100 * attempt["agreement"],
+                "INT8 attempt (%s; FP32: the ends%s, %.1f%% of the multiply-adds): %.3f%% of check pixels as FP32's",
+                attempt["purpose"], "".join(f" + {g}" for g in attempt["fp32_groups"]),
+                100 * attempt["fp32_mac_share"], 100 * attempt["agreement"],
             )  # fmt: skip
-            if attempt["agreement"] >= MIN_AGREEMENT:
-                os.replace(candidate, folder / INT8_ONNX)
-                kept = attempt
-                break
+
+        outcome = control(ends, groups, macs, measure, min_agreement, log=logged)
+        kept = outcome.kept
+        if kept is not None:
+            if kept["fp32_convolutions"] != last:  # a sensitivity attempt won, and others were measured since
+                quantize(prepared, candidate, ranges, kept["fp32_convolutions"])
+            os.replace(candidate, folder / INT8_ONNX)
     if kept is None:
         (folder / INT8_ONNX).unlink(missing_ok=True)  # an older one would no longer match what was measured
+    attempts = outcome.attempts
     record = {
         "format": INT8_ONNX_FORMAT,
         "kept": kept is not None,
-        "why_not": None if kept else f"no attempt reached {MIN_AGREEMENT:.1%} of the check pixels as MXNet FP32",
+        "why_not": None if kept else outcome.why_not,
         "source_params": artifact.params_path.name,
         "source_sha256": params_digest(artifact.params_path, "sha256"),
         "agreement": kept["agreement"] if kept else max(a["agreement"] for a in attempts),
-        "min_agreement": MIN_AGREEMENT,
-        "mIoU": {"fp32": fp32_miou, "int8": (kept or attempts[-1])["mIoU"]},
+        "min_agreement": min_agreement,
+        "mIoU": {"fp32": fp32_miou, "int8": (kept or max(attempts, key=lambda a: a["agreement"]))["mIoU"]},
         "fp32_convolutions": kept["fp32_convolutions"] if kept else None,
+        "fp32_groups": kept["fp32_groups"] if kept else None,
+        "fp32_mac_share": kept["fp32_mac_share"] if kept else None,
         "attempts": attempts,
-        "quantizer": "onnxruntime quantize_static, QDQ",
+        "sensitivity": outcome.sensitivity,
+        "fallback_order": outcome.order,
+        "groups": {g: len(nodes) for g, nodes in groups.items()},
+        "quantizer": "onnxruntime QDQQuantizer (quantize_static's, one calibration shared by every attempt)",
         "weights": "int8, per output channel, symmetric",
         "activations": "uint8, per tensor",
-        "calibration_method": "MinMax",
+        "calibration_method": CALIBRATION_METHOD,
+        "calibration_seconds": calibration_seconds,
         "calibration_pictures": [c.name for c in calib],
         "check_pictures": [c.name for c in checks],
         "check_pixels": int(sum(c.height * c.width for c in checks)),

@@ -1,0 +1,168 @@
+"""Which convolutions of an INT8 model stay FP32: measured on the check pictures, not a fixed list.
+
+The INT8 step (gluonseg.inference.int8_onnx) hands `control` a way to measure one plan (the set of
+convolutions kept FP32 -> the share of check pixels whose class equals MXNet FP32's). The plans, in order:
+1. the ends: the first convolution (the only one that sees raw pixels) and the classifier (raw logits);
+2. when they miss the bar, sensitivity: the ends plus one group at a time (the stem, each backbone stage,
+   the head), each group's gain in agreement measured. A single group that reaches the bar wins, the one
+   with the fewest multiply-adds first;
+3. else the groups are added one by one in order of measured gain per FP32 multiply-add (the agreement a
+   group buys for the speed it costs), until the bar is reached or the FP32 share would pass MAX_FP32_SHARE,
+   where INT8 would no longer pay for itself: then no model is kept, and the record says why.
+The multiply-adds are counted on a TIMING_SIDE x TIMING_SIDE input, the size `auto` times at.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gluonseg.inference.choices import TIMING_SIDE
+
+MAX_FP32_SHARE = 0.5
+STEM, HEAD = "stem", "head"
+_STAGE = re.compile(r"(?:layers?|down)(\d)_")  # GluonCV's ResNet blocks: ...layers3_conv0, ...down3_conv0
+
+Measure = Callable[[list[str]], dict[str, Any]]  # FP32 nodes -> at least {"agreement": float}
+
+
+def convolutions(model: Any) -> list[Any]:
+    return [node for node in model.graph.node if node.op_type == "Conv"]
+
+
+def end_convolutions(model: Any, num_classes: int) -> list[str]:
+    """The first convolution and the classifier (the last with num_classes outputs, else the last)."""
+    convs = convolutions(model)
+    if not convs:
+        return []
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    classifiers = [c.name for c in convs if weights.get(c.input[1], (0,))[0] == num_classes]
+    return list(dict.fromkeys([convs[0].name, *(classifiers[-1:] or [convs[-1].name])]))
+
+
+def conv_groups(model: Any, ends: Sequence[str]) -> dict[str, list[str]]:
+    """{group: Conv node names}, in graph order: stem, stage1..4, head; the ends in none.
+
+    Stages are told apart by the names GluonCV gives them; a graph whose names say nothing of stages has no
+    groups (only the ends are tried)."""
+    convs = convolutions(model)
+    stages = [_STAGE.search(c.name) for c in convs]
+    staged = [i for i, found in enumerate(stages) if found]
+    if not staged:
+        return {}
+    first, last = staged[0], staged[-1]
+    groups: dict[str, list[str]] = {}
+    for i, conv in enumerate(convs):
+        found = stages[i]
+        name = f"stage{found.group(1)}" if found else STEM if i < first else HEAD if i > last else None
+        if name is not None and conv.name not in ends:
+            groups.setdefault(name, []).append(conv.name)
+    return groups
+
+
+def conv_macs(model: Any, side: int = TIMING_SIDE) -> dict[str, int]:
+    """Multiply-adds of each Conv node on a (1, 3, side, side) input (ONNX shape inference, constants
+    propagated so that resize targets computed from the input's shape resolve)."""
+    import onnx
+    from onnx import shape_inference
+
+    sized = onnx.ModelProto()
+    sized.CopyFrom(model)
+    del sized.graph.value_info[:]
+    for dim, value in zip(sized.graph.input[0].type.tensor_type.shape.dim, (1, 3, side, side)):
+        dim.ClearField("dim_param")
+        dim.dim_value = value
+    inferred = shape_inference.infer_shapes(sized, data_prop=True)
+    spatial = {
+        info.name: [d.dim_value if d.HasField("dim_value") else 1 for d in info.type.tensor_type.shape.dim][2:]
+        for info in [*inferred.graph.value_info, *inferred.graph.output]
+    }
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    macs = {}
+    for conv in convolutions(model):
+        per_pixel = 1
+        for dim in weights.get(conv.input[1], ()):  # (out, in / groups, kh, kw)
+            per_pixel *= dim
+        pixels = 1
+        for dim in spatial.get(conv.output[0], []):
+            pixels *= dim
+        macs[conv.name] = per_pixel * pixels
+    return macs
+
+
+def fallback_order(gains: dict[str, float], group_macs: dict[str, int]) -> list[str]:
+    """Groups by measured gain per multiply-add, best first; those that gained nothing last, smallest first."""
+    helpful = sorted((g for g in gains if gains[g] > 0), key=lambda g: -gains[g] / max(1, group_macs[g]))
+    rest = sorted((g for g in gains if gains[g] <= 0), key=lambda g: group_macs[g])
+    return helpful + rest
+
+
+@dataclass
+class Outcome:
+    kept: dict[str, Any] | None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    sensitivity: dict[str, float] = field(default_factory=dict)  # group -> agreement gained over the ends alone
+    order: list[str] = field(default_factory=list)  # the fallback order the sensitivity gave
+    why_not: str | None = None
+
+
+def control(
+    ends: Sequence[str],
+    groups: dict[str, list[str]],
+    macs: dict[str, int],
+    measure: Measure,
+    bar: float,
+    max_share: float = MAX_FP32_SHARE,
+    log: Callable[[dict[str, Any]], None] = lambda attempt: None,
+) -> Outcome:
+    """Search the plans of the module docstring; `measure` quantizes with a plan's FP32 nodes and checks it."""
+    total = max(1, sum(macs.values()))
+    group_macs = {g: sum(macs.get(n, 0) for n in nodes) for g, nodes in groups.items()}
+    outcome = Outcome(kept=None)
+
+    def attempt(chosen: Sequence[str], purpose: str) -> dict[str, Any]:
+        nodes = [*ends, *(n for g in chosen for n in groups[g])]
+        found = dict(measure(nodes))
+        found.update(
+            purpose=purpose,
+            fp32_groups=list(chosen),
+            fp32_convolutions=nodes,
+            fp32_mac_share=round(sum(macs.get(n, 0) for n in nodes) / total, 4),
+        )
+        outcome.attempts.append(found)
+        log(found)
+        return found
+
+    first = attempt([], "the ends")
+    if first["agreement"] >= bar:
+        outcome.kept = first
+        return outcome
+    if not groups:
+        outcome.why_not = f"the ends in FP32 reached {first['agreement']:.3%}, and the graph names no stages to keep"
+        return outcome
+    singles = {g: attempt([g], "sensitivity") for g in groups}
+    outcome.sensitivity = {g: round(a["agreement"] - first["agreement"], 6) for g, a in singles.items()}
+    passing = [a for a in singles.values() if a["agreement"] >= bar and a["fp32_mac_share"] <= max_share]
+    if passing:
+        outcome.kept = min(passing, key=lambda a: a["fp32_mac_share"])
+        return outcome
+    outcome.order = fallback_order(outcome.sensitivity, group_macs)
+    chosen: list[str] = []
+    for group in outcome.order:
+        share = sum(group_macs[g] for g in [*chosen, group]) / total
+        if share > max_share:
+            break
+        chosen.append(group)
+        if len(chosen) == 1:
+            continue  # measured alone already, and it missed the bar
+        found = attempt(chosen, "fallback")
+        if found["agreement"] >= bar:
+            outcome.kept = found
+            return outcome
+    outcome.why_not = (
+        f"no plan reached {bar:.1%} of the check pixels as MXNet FP32 with at most {max_share:.0%} of the "
+        f"multiply-adds in FP32 (best {max(a['agreement'] for a in outcome.attempts):.3%})"
+    )
+    return outcome
