@@ -26,9 +26,7 @@ import gc
 import json
 import os
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +79,10 @@ def serving_copy(model: Path, dest: Path, data: Path) -> Path:
 
 
 def network_seconds(predictor: Any, runs: int) -> float:
+    from gluonseg.inference.backend_choice import median_seconds
+
     data = np.random.default_rng(0).standard_normal((3, NETWORK_SIZE, NETWORK_SIZE)).astype(np.float32)
-    predictor.network.logits(data)  # warm-up: compilation and first allocations
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        predictor.network.logits(data)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(predictor.network, data, runs)
 
 
 def masks(predictor: Any, pictures: list[np.ndarray]) -> list[np.ndarray]:

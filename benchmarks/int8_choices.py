@@ -14,7 +14,6 @@ Run: .venv/bin/python -m benchmarks.int8_choices --model DIR --data DIR [--runs 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -37,17 +36,11 @@ def calibration_pictures(data: Path, check_names: set[str], count: int) -> list[
 
 
 def onnxruntime_seconds(path: Path, runs: int) -> float:
+    from gluonseg.inference.backend_choice import median_seconds
     from gluonseg.inference.onnx_backends import OnnxRuntimeNetwork
 
     network = OnnxRuntimeNetwork(path, prefer_gpu=False, precision="int8")
-    data = np.random.default_rng(0).standard_normal((3, SIDE, SIDE)).astype(np.float32)
-    network.logits(data)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        network.logits(data)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(network, np.random.default_rng(0).standard_normal((3, SIDE, SIDE)).astype(np.float32), runs)
 
 
 def measure(model: Path, data: Path, runs: int) -> dict[str, Any]:

@@ -7,13 +7,17 @@ every core's thread, median of --runs after warm-up:
   trained model kept in the int8 section) in ONNX Runtime and OpenVINO;
 - PyTorch: benchmarks/peer/torch_segmentation.py in its own environment (`make peer-venv`; torch and gluoncv
   cannot share one): FP32, channels_last, BF16 autocast, torch.compile, INT8 by FX post-training quantization.
-Both sides use random weights of the same architecture and classes (a forward pass costs the same whatever the
-values; faithfulness of our INT8 is measured on trained models in BENCHMARKS.md "int8" and "backends"). GMAC at
-SIDE: ours counted from the ONNX graph's convolutions, PyTorch's by its FLOP counter; GMAC/s is per second of the
-forward pass. An optional extra, never in CI: it needs the 5 GB peer environment.
+Ours runs a trained model folder where --model gives one (its kept model-int8.onnx when training made one; the
+numbers a user gets), else a folder of random weights; PyTorch runs random weights of the same architecture and
+classes (torchvision's pretrained ones cannot be downloaded here). Untrained weights can slow a network that does
+not flush denormals (MXNet: 4.29 s at 480² with random weights in a run where ONNX Runtime took 3.28 s), so use
+trained models for ours where there are any. GMAC at SIDE: ours counted from the ONNX graph's convolutions,
+PyTorch's by its FLOP counter; GMAC/s is per second of the forward pass. An optional extra, never in CI: it
+needs the 5 GB peer environment.
 
-Run: .venv/bin/python -m benchmarks.pytorch_peer [--algorithms fcn,deeplab] [--side 480] [--runs 5]
-     [--classes 21] [--peer-python .venv-peer/bin/python] [--work DIR] [--no-record] [--section NAME]
+Run: .venv/bin/python -m benchmarks.pytorch_peer [--algorithms fcn,deeplab] [--model ALGORITHM=DIR ...]
+     [--side 480] [--runs 5] [--classes 21] [--peer-python .venv-peer/bin/python] [--work DIR] [--no-record]
+     [--section NAME]
 """
 
 from __future__ import annotations
@@ -21,10 +25,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import statistics
+import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PEER_SCRIPT = ROOT / "benchmarks" / "peer" / "torch_segmentation.py"
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 CALIBRATION_PICTURES = 8
+UNUSED = ("checkpoints", "output", "model.onnx", "model.json", "backend-choice.json")
 
 
 def our_networks(folder: Path, classes: int, side: int) -> tuple[float, list[tuple[str, str, Any]]]:
@@ -45,7 +49,7 @@ def our_networks(folder: Path, classes: int, side: int) -> tuple[float, list[tup
     from gluonseg.artifacts import read_model_dir
     from gluonseg.data.check_set import CheckPicture
     from gluonseg.inference.int8_control import conv_macs, end_convolutions
-    from gluonseg.inference.int8_onnx import calibrate, canvases, prepare, quantize
+    from gluonseg.inference.int8_onnx import calibrate, canvases, int8_onnx_path, prepare, quantize
     from gluonseg.inference.network import MXNetNetwork
     from gluonseg.inference.onnx_backends import OnnxRuntimeNetwork, OpenVinoNetwork
     from gluonseg.inference.onnx_export import ONNX_FILE, check_pictures, export_onnx
@@ -53,12 +57,14 @@ def our_networks(folder: Path, classes: int, side: int) -> tuple[float, list[tup
 
     artifact = read_model_dir(folder)
     export_onnx(folder, folder)
-    fp32, prepared, int8 = folder / ONNX_FILE, folder / "prepared.onnx", folder / "model-int8.onnx"
+    fp32, prepared = folder / ONNX_FILE, folder / "prepared.onnx"
     prepare(fp32, prepared)
-    pictures = [CheckPicture(n, p, None) for n, p in check_pictures(None, classes)[:CALIBRATION_PICTURES]]
     graph = onnx.load(str(prepared), load_external_data=False)
-    ranges = calibrate(prepared, canvases(pictures), folder)
-    quantize(prepared, int8, ranges, end_convolutions(graph, classes))
+    int8 = int8_onnx_path(artifact)  # kept by training, checked on the job's pictures
+    if int8 is None:  # random weights: the first plan, for its speed alone
+        int8 = folder / "model-int8.onnx"
+        pictures = [CheckPicture(n, p, None) for n, p in check_pictures(None, classes)[:CALIBRATION_PICTURES]]
+        quantize(prepared, int8, calibrate(prepared, canvases(pictures), folder), end_convolutions(graph, classes))
     gmac = sum(conv_macs(graph, side).values()) / 1e9
     found = [
         ("mxnet", "fp32", lambda: MXNetNetwork(fp32_network(artifact), artifact.hp.crop_size)),
@@ -74,21 +80,14 @@ def our_networks(folder: Path, classes: int, side: int) -> tuple[float, list[tup
     return gmac, found
 
 
-def median_seconds(network: Any, data: np.ndarray, runs: int) -> float:
-    for _ in range(2):  # warm-up: compilation and first allocations
-        network.logits(data)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        network.logits(data)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def ours(algorithm: str, work: Path, classes: int, side: int, runs: int) -> dict[str, Any]:
+def ours(algorithm: str, work: Path, classes: int, side: int, runs: int, trained: Path | None) -> dict[str, Any]:
     from benchmarks.common.models import random_model
+    from gluonseg.inference.backend_choice import median_seconds
 
-    folder = random_model(work / algorithm, algorithm, classes=classes)
+    if trained is not None:  # a copy: the export is written into the folder
+        folder = Path(shutil.copytree(trained, work / algorithm, ignore=shutil.ignore_patterns(*UNUSED)))
+    else:
+        folder = random_model(work / algorithm, algorithm, classes=classes)
     gmac, networks = our_networks(folder, classes, side)
     data = np.random.default_rng(0).standard_normal((3, side, side)).astype(np.float32)
     rows = []
@@ -100,7 +99,7 @@ def ours(algorithm: str, work: Path, classes: int, side: int, runs: int) -> dict
         print(f"{algorithm} ours: {rows[-1]}", flush=True)
         del network
         gc.collect()
-    return {"gmac": gmac, "rows": rows}
+    return {"gmac": gmac, "rows": rows, "weights": "trained" if trained else "random"}
 
 
 def peer(python: Path, algorithm: str, classes: int, side: int, runs: int) -> dict[str, Any]:
@@ -115,13 +114,16 @@ def peer(python: Path, algorithm: str, classes: int, side: int, runs: int) -> di
     return {"header": lines[0]["header"], "rows": lines[1:]}
 
 
-def report(results: list[dict[str, Any]], side: int, runs: int, classes: int) -> str:
+def report(results: list[dict[str, Any]], side: int, runs: int) -> str:
     header = results[0]["peer"]["header"]
+    weights = ", ".join(
+        f"{r['algorithm']}: ours {r['ours']['weights']}, {r['peer']['classes']} classes" for r in results
+    )
     lines = [
-        f"One forward pass at {side}x{side}, {available_cpus()} threads, median of {runs} after warm-up; "
-        f"{classes} classes, random weights on both sides. PyTorch {header['torch']}, torchvision "
-        f"{header['torchvision']} in `.venv-peer` (`make peer-venv`). Ours: INT8 is the QDQ model of our "
-        "quantizer with the first convolution and the classifier in FP32.",
+        f"One forward pass at {side}x{side}, {available_cpus()} threads, median of {runs} after warm-up. Weights: "
+        f"{weights}; PyTorch's random. PyTorch {header['torch']}, torchvision {header['torchvision']} in "
+        "`.venv-peer` (`make peer-venv`). Ours: INT8 is the model training kept (the INT8 step's plan, checked on "
+        "the job's pictures), or for random weights our quantizer's first plan.",
         "",
         "| model | framework | variant | s | GMAC/s | best PyTorch / this |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -156,6 +158,10 @@ def report(results: list[dict[str, Any]], side: int, runs: int, classes: int) ->
     return "\n".join([*lines, "", *summary])
 
 
+def classes_of(folder: Path) -> int:
+    return int(json.loads((folder / "hyperparams.json").read_text())["num_classes"])
+
+
 def main() -> None:
     from benchmarks.common.report import machine, publish
 
@@ -166,9 +172,11 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=21)
     parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--model", action="append", default=[], help="ALGORITHM=DIR: our side runs this trained folder")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--section", default="pytorch peer")
     args = parser.parse_args()
+    given = dict(item.split("=", 1) for item in args.model)
     if not args.peer_python.exists():
         raise SystemExit(f"{args.peer_python} is missing: `make peer-venv` makes the PyTorch environment")
     print(machine(), flush=True)
@@ -176,10 +184,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         for algorithm in args.algorithms.split(","):
-            ours_ = ours(algorithm, work, args.classes, args.side, args.runs)
-            peer_ = peer(args.peer_python, algorithm, args.classes, args.side, args.runs)
+            trained = Path(given[algorithm]) if algorithm in given else None
+            classes = classes_of(trained) if trained else args.classes
+            ours_ = ours(algorithm, work, classes, args.side, args.runs, trained)
+            peer_ = peer(args.peer_python, algorithm, classes, args.side, args.runs)
+            peer_["classes"] = classes
             results.append({"algorithm": algorithm, "ours": ours_, "peer": peer_})
-    publish(args.section, report(results, args.side, args.runs, args.classes), record=not args.no_record)
+    publish(args.section, report(results, args.side, args.runs), record=not args.no_record)
 
 
 if __name__ == "__main__":

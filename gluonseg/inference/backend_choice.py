@@ -21,8 +21,8 @@ machine reuses the choice without measuring, and any change of key measures agai
 Candidates, in this order: MXNet FP32 (the reference); the model folder's INT8 model (model-int8.onnx,
 gluonseg.inference.int8_onnx) in OpenVINO then ONNX Runtime, when training or `gluonseg quantize --format onnx`
 kept one; OpenVINO BF16 when the CPU has BF16 instructions; OpenVINO FP32; ONNX Runtime FP32; MXNet INT8 when
-the model folder has `gluonseg quantize`'s MXNet files (no calibration at load); MXNet BF16 when the CPU has
-BF16 instructions but no AMX (see candidates()). A candidate that fails to build is logged and skipped. Load
+the model folder has `gluonseg quantize`'s MXNet files (no calibration at load). Not MXNet BF16 (see
+candidates()). A candidate that fails to build is logged and skipped. Load
 must stay inside SageMaker's 4-minute /ping window whatever the model: once measuring (the export included) has
 taken GLUONSEG_AUTO_BUDGET_S seconds (choices.MEASURE_BUDGET_S by default) the remaining candidates are skipped
 (logged, and listed in the record). The order puts those that were fastest on the machines measured
@@ -75,11 +75,12 @@ def candidates(artifact: ModelArtifact, flags: set[str]) -> list[tuple[str, str]
     found += [("openvino", "fp32"), ("onnxruntime", "fp32")]
     if (artifact.folder / INT8_SYMBOL).exists():
         found.append(("mxnet", "int8"))
-    if bf16 and "amx_bf16" not in flags:
-        # MXNet 1.9.1's oneDNN predates AMX: there its BF16 ran at 0.4-0.7x its FP32 (BENCHMARKS.md "backends"),
-        # so it cannot win, and measuring it cost the most memory (a converted graph per shape: the measuring
-        # worker peaked at 3.2 GB against FCN-R101's 1.7 GB). Where it was faster (AVX-512 BF16, no AMX) it stays.
-        found.append(("mxnet", "bf16"))
+    # MXNet BF16 is not a candidate: on every CPU measured OpenVINO BF16, a candidate wherever it could be, beat
+    # it, in the network and more so through the server (Xeon with AMX: 0.72x MXNet FP32's network time and 0.46x
+    # its requests/s, BENCHMARKS.md "backends"; EPYC with AVX-512 BF16: network 0.653 s vs OpenVINO BF16's 0.580 s,
+    # server 0.358 vs 0.794 req/s, no faster than its own FP32, issue #24). Measuring it also cost the most memory
+    # (a converted graph per shape: the measuring worker peaked at 3.2 GB against FCN-R101's 1.7 GB).
+    # GLUONSEG_BACKEND=mxnet GLUONSEG_PRECISION=bf16 still runs it.
     return found
 
 
@@ -159,7 +160,7 @@ def _measure_and_choose(
         if not reference_masks:
             reference_masks = masks
         agreement = sum(int((a == b).sum()) for a, b in zip(masks, reference_masks)) / sum(m.size for m in masks)
-        seconds = _median_seconds(network, timing_input)
+        seconds = median_seconds(network, timing_input)
         rows.append({"backend": backend, "precision": precision, "seconds": seconds, "agreement": agreement})
         if agreement >= MIN_AGREEMENT and (best is None or seconds < best[0]):
             best = (seconds, backend, precision)
@@ -220,10 +221,11 @@ def judging_pictures(artifact: ModelArtifact, calibration_dir: Path | None) -> t
     return pictures, f"{len(pictures)} generated picture(s)"
 
 
-def _median_seconds(network: Network, data: np.ndarray) -> float:
+def median_seconds(network: Network, data: np.ndarray, runs: int = TIMED_RUNS) -> float:
+    """The median of `runs` calls of `network` on `data`, after one warm-up call."""
     network.logits(data)  # warm-up: first-call compilation and allocation are not the steady state
     times = []
-    for _ in range(TIMED_RUNS):
+    for _ in range(runs):
         start = time.perf_counter()
         network.logits(data)
         times.append(time.perf_counter() - start)

@@ -148,7 +148,10 @@ def calibrate(prepared: Path, calibration: Sequence[Canvas], scratch: Path, meth
             augmented_model_path=str(Path(work) / "augmented.onnx"),
             calibrate_method=CalibrationMethod[method],
         )
-        calibrator.collect_data(_Reader(calibration))
+        # One picture a pass: the calibrators merge passes, a pass keeps every tensor of its pictures in memory
+        # (GBs for 16 pictures at 512x512), and the histogram methods need the tensors of a pass to share a shape.
+        for item in calibration:
+            calibrator.collect_data(_Reader([item]))
         return calibrator.compute_data()
 
 

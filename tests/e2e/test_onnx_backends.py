@@ -190,7 +190,7 @@ def test_auto_measures_chooses_keeps_and_reuses_its_choice(model_copy, monkeypat
     def no_measuring(*args):
         raise AssertionError("a kept choice must not be measured again")
 
-    monkeypatch.setattr(backend_choice, "_median_seconds", no_measuring)
+    monkeypatch.setattr(backend_choice, "median_seconds", no_measuring)
     again = load_predictor(model_copy, backend="auto")
     assert [again.backend, again.precision] == record["choice"]
 
@@ -228,7 +228,7 @@ def test_auto_with_a_read_only_model_folder_reads_its_shipped_choice_then_keeps_
     def no_measuring(*args):
         raise AssertionError("a shipped choice must not be measured again")
 
-    monkeypatch.setattr(backend_choice, "_median_seconds", no_measuring)
+    monkeypatch.setattr(backend_choice, "median_seconds", no_measuring)
     with read_only(model_copy):  # mounted :ro, as Kubernetes and most hosts mount model volumes
         again = load_predictor(model_copy, backend="auto")
     assert (again.backend, again.precision) == (chosen.backend, chosen.precision)
