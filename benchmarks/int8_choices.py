@@ -26,11 +26,13 @@ COUNTS = (2, 4, 8, 16, 32)
 SIDE = 480
 
 
-def calibration_pictures(data: Path, check_names: set[str], count: int) -> list[Any]:
+def calibration_pictures(data: Path, check_sources: set[str], count: int) -> list[Any]:
+    """`count` pictures: the validation ones that are not check pictures, then training ones (check_sources:
+    the check pictures' channel paths, "validation/img_00065.jpg")."""
     from gluonseg.data.check_set import CheckPicture
     from gluonseg.data.images import load_image
 
-    validation = [p for p in sorted((data / "validation").glob("*.jpg")) if p.name not in check_names]
+    validation = [p for p in sorted((data / "validation").glob("*.jpg")) if f"validation/{p.name}" not in check_sources]
     paths = (validation + sorted((data / "train").glob("*.jpg")))[:count]
     return [CheckPicture(p.name, load_image(p, str(p)), None) for p in paths]
 
@@ -47,7 +49,7 @@ def measure(model: Path, data: Path, runs: int) -> dict[str, Any]:
     import onnx
 
     from gluonseg.artifacts import read_model_dir
-    from gluonseg.data.check_set import read_check_set
+    from gluonseg.data.check_set import read_check_record, read_check_set
     from gluonseg.inference import int8_onnx as step
     from gluonseg.inference.int8_control import end_convolutions
     from gluonseg.inference.onnx_export import ONNX_FILE, export_onnx
@@ -56,6 +58,7 @@ def measure(model: Path, data: Path, runs: int) -> dict[str, Any]:
     check = read_check_set(model)
     if not check:
         raise SystemExit(f"{model} keeps no check pictures: train it with this version first")
+    check_sources = {item["from"] for item in read_check_record(model)["pictures"]}
     checks = step.canvases(check)
     reference = step.reference_masks(artifact, checks)
     fp32_miou = step.mean_iou(reference, checks, artifact.num_classes)
@@ -72,7 +75,7 @@ def measure(model: Path, data: Path, runs: int) -> dict[str, Any]:
         ranges_cache: dict[tuple[str, int], tuple[Any, float, int]] = {}
         for method, count, per_channel in plans:
             if (method, count) not in ranges_cache:
-                pictures = step.canvases(calibration_pictures(data, {c.name for c in check}, count))
+                pictures = step.canvases(calibration_pictures(data, check_sources, count))
                 began = time.perf_counter()
                 ranges = step.calibrate(prepared, pictures, scratch, method)
                 ranges_cache[(method, count)] = (ranges, time.perf_counter() - began, len(pictures))

@@ -8,7 +8,9 @@ them, its seconds and share of the job; then what `auto` measured in this proces
 (every candidate at 480x480, one warm-up and the median of 3, judged on the check pictures) and chose.
 
 Run: .venv/bin/python -m benchmarks.int8_models --data DIR [--algorithms fcn,psp,deeplab] [--work DIR]
-     [--model ALGORITHM=DIR ...] [--no-record] [--section NAME]
+     [--model ALGORITHM=DIR ...] [--requantize] [--no-record] [--section NAME]
+(--requantize: the INT8 step again, as the job ran it, on models trained before; the step's seconds are then the new
+run's, the job's those of its training.)
 """
 
 from __future__ import annotations
@@ -52,6 +54,26 @@ def train(algorithm: str, data: Path, model: Path) -> None:
     if proc.returncode != 0:
         raise RuntimeError(f"training {algorithm} failed: {proc.stderr[-3000:]}")
     (model / JOB_SECONDS).write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1)}))
+
+
+def requantize(model: Path, data: Path) -> None:
+    """The INT8 step again, as the training job ran it (gluonseg.int8_job): the calibration pictures are the
+    job's plan (gluonseg.data.check_set.plan_pictures) over its channels, the check pictures the kept ones."""
+    from gluonseg.data.channels import SPLITS, pair_channel
+    from gluonseg.data.check_set import CheckPicture, plan_pictures, read_check_set
+    from gluonseg.data.images import load_image
+    from gluonseg.inference.int8_onnx import make_int8_onnx
+
+    validation, train = (
+        pair_channel(*(data / folder for folder in SPLITS[split])) for split in ("validation", "train")
+    )
+    plan = plan_pictures(validation, train)
+    calibration = [
+        CheckPicture(s.image_file, load_image(s.image_path, s.image_file, apply_exif=False), None)
+        for s in plan.calibration
+    ]
+    sources = {"calibration": plan.calibration_source, "check": plan.check_source}
+    make_int8_onnx(model, calibration, read_check_set(model), sources)
 
 
 def measure(algorithm: str, model: Path, work: Path) -> dict[str, Any]:
@@ -114,6 +136,7 @@ def main() -> None:
     parser.add_argument("--algorithms", default="fcn,psp,deeplab")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "gluonseg-int8-models")
     parser.add_argument("--model", action="append", default=[], help="ALGORITHM=DIR: a folder trained so already")
+    parser.add_argument("--requantize", action="store_true", help="run the INT8 step again on models trained before")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--section", default="int8 models")
     args = parser.parse_args()
@@ -124,6 +147,8 @@ def main() -> None:
         model = Path(given[algorithm]) if algorithm in given else args.work / algorithm / "model"
         if not (model / "model-int8-onnx.json").exists():
             train(algorithm, args.data, model)
+        elif args.requantize:
+            requantize(model, args.data)
         results.append(measure(algorithm, model, args.work))
         print(json.dumps({k: results[-1][k] for k in ("algorithm", "job_seconds")}), flush=True)
     publish(args.section, report(results), record=not args.no_record)

@@ -4,9 +4,9 @@
 into the model folder. The model is the folder's ONNX export (gluonseg.inference.onnx_cache) quantized by
 ONNX Runtime's static quantizer into QDQ form, which both ONNX Runtime and OpenVINO run with INT8 kernels:
 - weights INT8 per output channel (symmetric), activations UINT8 per tensor;
-- activation ranges: MinMax over the calibration pictures at native scale, the canvases the server feeds
-  the network (gluonseg.inference.geometry.native_canvas), up to CALIBRATION_PICTURES of them;
-- activation ranges computed once (calibrate) and shared by every attempt;
+- activation ranges over up to CALIBRATION_PICTURES calibration pictures at native scale, the canvases the server
+  feeds the network (gluonseg.inference.geometry.native_canvas), computed once per calibration method (MinMax,
+  then Entropy when MinMax's miss the bar) and shared by every attempt;
 - accuracy control: the masks on the check pictures (never calibration pictures) are compared with MXNet FP32's,
   and the convolutions kept in FP32 are chosen by measurement (gluonseg.inference.int8_control): the ends, then
   each group's sensitivity, then the groups that buy the most agreement per multiply-add, until MIN_AGREEMENT.
@@ -46,7 +46,6 @@ INT8_ONNX_RECORD = "model-int8-onnx.json"
 INT8_ONNX_FORMAT = "gluonseg-int8-onnx/1"
 MIN_AGREEMENT = 0.995  # the bar serving's `auto` holds every candidate to (gluonseg.inference.backend_choice)
 CALIBRATION_PICTURES = 16
-CALIBRATION_METHOD = "MinMax"
 CANVAS_MAX_PIXELS = 512 * 512  # calibration and check canvases: the sizes served, bounded to keep this quick
 IGNORE = 255
 
@@ -136,7 +135,7 @@ def prepare(fp32_path: Path, out_path: Path) -> None:
     named.unlink()
 
 
-def calibrate(prepared: Path, calibration: Sequence[Canvas], scratch: Path, method: str = CALIBRATION_METHOD) -> Any:
+def calibrate(prepared: Path, calibration: Sequence[Canvas], scratch: Path, method: str = "MinMax") -> Any:
     """Activation ranges of every tensor the quantizer may quantize, from `calibration` (ONNX Runtime's
     calibrator; `method`: MinMax, Entropy or Percentile). Computed once and shared by every attempt."""
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
@@ -273,20 +272,24 @@ def make_int8_onnx(
             export_onnx(folder, Path(scratch))
             fp32 = Path(scratch) / ONNX_FILE
         prepare(fp32, prepared)
-        began = time.perf_counter()
-        ranges = calibrate(prepared, calib, Path(scratch))
-        calibration_seconds = round(time.perf_counter() - began, 1)
+        ranges: dict[str, Any] = {}  # calibration method -> ranges, computed when an attempt first asks
+        calibration_seconds: dict[str, float] = {}
         graph = onnx.load(str(prepared), load_external_data=False)
         ends = end_convolutions(graph, artifact.num_classes)
         groups, macs = conv_groups(graph, ends), conv_macs(graph)
         del graph
-        last: list[str] | None = None
+        last: tuple[list[str], str] | None = None
 
-        def measure(fp32_nodes: list[str]) -> dict[str, Any]:
+        def measure(fp32_nodes: list[str], method: str) -> dict[str, Any]:
             nonlocal last
+            if method not in ranges:
+                began = time.perf_counter()
+                ranges[method] = calibrate(prepared, calib, Path(scratch), method)
+                calibration_seconds[method] = round(time.perf_counter() - began, 1)
+                log.info("INT8 calibration (%s, %d pictures): %.1f s", method, len(calib), calibration_seconds[method])
             began = time.perf_counter()
-            quantize(prepared, candidate, ranges, fp32_nodes)
-            last = list(fp32_nodes)
+            quantize(prepared, candidate, ranges[method], fp32_nodes)
+            last = (list(fp32_nodes), method)
             masks = session_masks(candidate, checks)
             return {
                 "agreement": agreement(masks, reference),
@@ -296,16 +299,16 @@ def make_int8_onnx(
 
         def logged(attempt: dict[str, Any]) -> None:
             log.info(
-                "INT8 attempt (%s; FP32: the ends%s, %.1f%% of the multiply-adds): %.3f%% of check pixels as FP32's",
-                attempt["purpose"], "".join(f" + {g}" for g in attempt["fp32_groups"]),
+                "INT8 attempt (%s, %s; FP32: the ends%s, %.1f%% of the MACs): %.3f%% of check pixels as FP32's",
+                attempt["purpose"], attempt["calibration"], "".join(f" + {g}" for g in attempt["fp32_groups"]),
                 100 * attempt["fp32_mac_share"], 100 * attempt["agreement"],
             )  # fmt: skip
 
         outcome = control(ends, groups, macs, measure, min_agreement, log=logged)
         kept = outcome.kept
         if kept is not None:
-            if kept["fp32_convolutions"] != last:  # a sensitivity attempt won, and others were measured since
-                quantize(prepared, candidate, ranges, kept["fp32_convolutions"])
+            if (kept["fp32_convolutions"], kept["calibration"]) != last:  # others were measured since
+                quantize(prepared, candidate, ranges[kept["calibration"]], kept["fp32_convolutions"])
             os.replace(candidate, folder / INT8_ONNX)
     if kept is None:
         (folder / INT8_ONNX).unlink(missing_ok=True)  # an older one would no longer match what was measured
@@ -329,7 +332,7 @@ def make_int8_onnx(
         "quantizer": "onnxruntime QDQQuantizer (quantize_static's, one calibration shared by every attempt)",
         "weights": "int8, per output channel, symmetric",
         "activations": "uint8, per tensor",
-        "calibration_method": CALIBRATION_METHOD,
+        "calibration_method": kept["calibration"] if kept else None,
         "calibration_seconds": calibration_seconds,
         "calibration_pictures": [c.name for c in calib],
         "check_pictures": [c.name for c in checks],

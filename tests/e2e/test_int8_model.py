@@ -134,18 +134,20 @@ def test_when_the_ends_miss_the_bar_each_group_is_measured_on_one_calibration_an
     calibration = [CheckPicture(p.name, load_image(p, str(p)), None) for p in train]
     record = int8_onnx.make_int8_onnx(int8_model, calibration, check, min_agreement=1.01)
 
-    assert calls == [1]  # one calibration shared by every attempt
+    assert calls == [1, 1]  # one calibration a method (MinMax, then Entropy), shared by every attempt
     assert record["kept"] is False and not (int8_model / INT8_ONNX).exists()  # the older model went too
     assert "50% of the multiply-adds" in record["why_not"]
     groups = list(record["groups"])
     assert groups == ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
     purposes = [a["purpose"] for a in record["attempts"]]
-    assert purposes[: 1 + len(groups)] == ["the ends"] + ["sensitivity"] * len(groups)
-    ends = record["attempts"][0]["fp32_convolutions"]
-    for attempt, group in zip(record["attempts"][1:], groups):
+    assert purposes[: 2 + len(groups)] == ["the ends"] * 2 + ["sensitivity"] * len(groups)
+    assert [a["calibration"] for a in record["attempts"][:2]] == ["MinMax", "Entropy"]
+    first = max(record["attempts"][:2], key=lambda a: a["agreement"])  # the closer method goes on
+    ends = first["fp32_convolutions"]
+    for attempt, group in zip(record["attempts"][2:], groups):
         assert attempt["fp32_groups"] == [group] and attempt["fp32_convolutions"][: len(ends)] == ends
-        gained = attempt["agreement"] - record["attempts"][0]["agreement"]
-        assert abs(record["sensitivity"][group] - gained) < 1e-5
+        assert attempt["calibration"] == first["calibration"]
+        assert abs(record["sensitivity"][group] - (attempt["agreement"] - first["agreement"])) < 1e-5
     assert sorted(record["fallback_order"]) == sorted(groups)
     fallbacks = [a for a in record["attempts"] if a["purpose"] == "fallback"]
     for step, attempt in enumerate(fallbacks, start=2):  # the order's first groups, one more each time

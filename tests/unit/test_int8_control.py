@@ -93,13 +93,13 @@ GROUPS = {"stem": ["s"], "stage1": ["l1"], "stage2": ["l2"], "stage4": ["l4"], "
 MACS = {"first": 1, "cls": 1, "s": 8, "l1": 10, "l2": 20, "l4": 40, "h": 20}  # total 100
 
 
-def measured(base: float, gain: dict[str, float]):
-    """An agreement that rises by `gain[node]` for each node kept FP32; counts its calls."""
+def measured(base: float, gain: dict[str, float], method_gain: dict[str, float] | None = None):
+    """An agreement that rises by `gain[node]` for each node kept FP32 (and by method_gain[method]); counts calls."""
     calls: list[list[str]] = []
 
-    def measure(nodes: list[str]) -> dict:
+    def measure(nodes: list[str], method: str) -> dict:
         calls.append(nodes)
-        return {"agreement": base + sum(gain.get(n, 0.0) for n in nodes)}
+        return {"agreement": base + (method_gain or {}).get(method, 0.0) + sum(gain.get(n, 0.0) for n in nodes)}
 
     return measure, calls
 
@@ -108,7 +108,20 @@ def test_the_ends_alone_are_kept_when_they_reach_the_bar():
     measure, calls = measured(0.996, {})
     outcome = control(["first", "cls"], GROUPS, MACS, measure, bar=0.995)
     assert outcome.kept["fp32_groups"] == [] and calls == [["first", "cls"]]
-    assert outcome.kept["fp32_mac_share"] == 0.02
+    assert outcome.kept["fp32_mac_share"] == 0.02 and outcome.kept["calibration"] == "MinMax"
+
+
+def test_a_second_calibration_method_is_tried_at_the_ends_before_any_group_goes_back_to_fp32():
+    # MinMax's ranges miss the bar by a point; Entropy's reach it with every stage INT8
+    measure, calls = measured(0.986, {"h": 0.001}, {"Entropy": 0.012})
+    outcome = control(["first", "cls"], GROUPS, MACS, measure, bar=0.995)
+    assert [a["calibration"] for a in outcome.attempts] == ["MinMax", "Entropy"]
+    assert outcome.kept["calibration"] == "Entropy" and outcome.kept["fp32_groups"] == []
+    # neither reaches it: the groups are searched with the method that came closest
+    measure, calls = measured(0.980, {"l1": 0.006}, {"Entropy": 0.010})
+    outcome = control(["first", "cls"], GROUPS, MACS, measure, bar=0.995)
+    assert outcome.kept["fp32_groups"] == ["stage1"] and outcome.kept["calibration"] == "Entropy"
+    assert {a["calibration"] for a in outcome.attempts[2:]} == {"Entropy"}
 
 
 def test_the_cheapest_single_group_that_reaches_the_bar_wins_over_the_fixed_head_first_order():
@@ -116,7 +129,7 @@ def test_the_cheapest_single_group_that_reaches_the_bar_wins_over_the_fixed_head
     measure, calls = measured(0.990, {"h": 0.006, "l1": 0.0055, "l4": 0.001})
     outcome = control(["first", "cls"], GROUPS, MACS, measure, bar=0.995)
     assert outcome.kept["fp32_groups"] == ["stage1"] and outcome.kept["purpose"] == "sensitivity"
-    assert len(calls) == 1 + len(GROUPS)  # the ends, then each group once
+    assert len(calls) == 2 + len(GROUPS)  # the ends with each method, then each group once
     assert outcome.sensitivity["head"] == 0.006 and outcome.sensitivity["stem"] == 0.0
 
 
@@ -139,4 +152,4 @@ def test_groups_are_added_by_gain_per_multiply_add_until_the_bar():
 def test_without_groups_a_failing_ends_attempt_says_why():
     measure, calls = measured(0.99, {})
     outcome = control(["a", "c"], {}, {"a": 1, "c": 1}, measure, bar=0.995)
-    assert outcome.kept is None and len(calls) == 1 and "no stages" in outcome.why_not
+    assert outcome.kept is None and len(calls) == 2 and "no stages" in outcome.why_not
