@@ -8,7 +8,7 @@ ONNX Runtime's static quantizer into QDQ form, which both ONNX Runtime and OpenV
   feeds the network (gluonseg.inference.geometry.native_canvas), computed once per calibration method (MinMax,
   then Entropy when MinMax's miss the bar) and shared by every attempt;
 - accuracy control: the masks on the check pictures (never calibration pictures) are compared with MXNet FP32's,
-  and the convolutions kept in FP32 are chosen by measurement (gluonseg.inference.int8_control): the ends, then
+  and the nodes kept in FP32 are chosen by measurement (gluonseg.inference.int8_control): the ends, then
   each group's sensitivity, then the groups that buy the most agreement per multiply-add, until MIN_AGREEMENT.
   When no plan reaches the bar, no model is written; the record says why, with every attempt's agreement.
   mIoU against the check pictures' labels (when they have them) is recorded for FP32 and INT8 side by side.
@@ -19,13 +19,14 @@ The record keeps the SHA-256 of the parameters the model came from: a folder ret
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,8 @@ def calibrate(prepared: Path, calibration: Sequence[Canvas], scratch: Path, meth
     calibrator; `method`: MinMax, Entropy or Percentile). Computed once and shared by every attempt."""
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
-    with _quiet_quantizer(), tempfile.TemporaryDirectory(dir=scratch, prefix="calibrate-") as work:
+    # The histogram calibrators print their progress to stdout, which is the training job's log.
+    with _quiet_quantizer(), redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory(dir=scratch) as work:
         calibrator = create_calibrator(
             Path(prepared),
             _quantized_op_types(),
@@ -253,7 +255,7 @@ def make_int8_onnx(
     """
     import onnx
 
-    from gluonseg.inference.int8_control import control, conv_groups, conv_macs, end_convolutions
+    from gluonseg.inference.int8_control import control, conv_macs, end_convolutions, node_groups
     from gluonseg.inference.onnx_cache import existing_export
     from gluonseg.inference.onnx_export import ONNX_FILE, export_onnx
 
@@ -276,7 +278,7 @@ def make_int8_onnx(
         calibration_seconds: dict[str, float] = {}
         graph = onnx.load(str(prepared), load_external_data=False)
         ends = end_convolutions(graph, artifact.num_classes)
-        groups, macs = conv_groups(graph, ends), conv_macs(graph)
+        groups, macs = node_groups(graph, ends), conv_macs(graph)
         del graph
         last: tuple[list[str], str] | None = None
 
@@ -307,8 +309,8 @@ def make_int8_onnx(
         outcome = control(ends, groups, macs, measure, min_agreement, log=logged)
         kept = outcome.kept
         if kept is not None:
-            if (kept["fp32_convolutions"], kept["calibration"]) != last:  # others were measured since
-                quantize(prepared, candidate, ranges[kept["calibration"]], kept["fp32_convolutions"])
+            if (kept["fp32_nodes"], kept["calibration"]) != last:  # others were measured since
+                quantize(prepared, candidate, ranges[kept["calibration"]], kept["fp32_nodes"])
             os.replace(candidate, folder / INT8_ONNX)
     if kept is None:
         (folder / INT8_ONNX).unlink(missing_ok=True)  # an older one would no longer match what was measured
@@ -322,7 +324,7 @@ def make_int8_onnx(
         "agreement": kept["agreement"] if kept else max(a["agreement"] for a in attempts),
         "min_agreement": min_agreement,
         "mIoU": {"fp32": fp32_miou, "int8": (kept or max(attempts, key=lambda a: a["agreement"]))["mIoU"]},
-        "fp32_convolutions": kept["fp32_convolutions"] if kept else None,
+        "fp32_nodes": kept["fp32_nodes"] if kept else None,
         "fp32_groups": kept["fp32_groups"] if kept else None,
         "fp32_mac_share": kept["fp32_mac_share"] if kept else None,
         "attempts": attempts,

@@ -72,7 +72,7 @@ def test_training_keeps_check_pictures_and_an_int8_model_checked_on_other_pictur
     assert record["check_pictures"] == ["00", "01"]  # the kept check pictures, never calibration ones
     assert set(record["mIoU"]) == {"fp32", "int8"} and record["mIoU"]["fp32"] is not None
     # the first convolution and the classifier stay FP32 from the first attempt on
-    first = record["attempts"][0]["fp32_convolutions"]
+    first = record["attempts"][0]["fp32_nodes"]
     assert any(name.endswith("resnetv1s_conv0_fwd") for name in first)
     assert any("fcnhead" in name and name.endswith("conv1_fwd") for name in first)
     assert not (model / "model.onnx").exists()  # the FP32 export was a scratch file, not artifact weight
@@ -143,9 +143,9 @@ def test_when_the_ends_miss_the_bar_each_group_is_measured_on_one_calibration_an
     assert purposes[: 2 + len(groups)] == ["the ends"] * 2 + ["sensitivity"] * len(groups)
     assert [a["calibration"] for a in record["attempts"][:2]] == ["MinMax", "Entropy"]
     first = max(record["attempts"][:2], key=lambda a: a["agreement"])  # the closer method goes on
-    ends = first["fp32_convolutions"]
+    ends = first["fp32_nodes"]
     for attempt, group in zip(record["attempts"][2:], groups):
-        assert attempt["fp32_groups"] == [group] and attempt["fp32_convolutions"][: len(ends)] == ends
+        assert attempt["fp32_groups"] == [group] and attempt["fp32_nodes"][: len(ends)] == ends
         assert attempt["calibration"] == first["calibration"]
         assert abs(record["sensitivity"][group] - (attempt["agreement"] - first["agreement"])) < 1e-5
     assert sorted(record["fallback_order"]) == sorted(groups)

@@ -8,10 +8,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gluonseg.inference.int8_control import (
     control,
-    conv_groups,
     conv_macs,
     end_convolutions,
     fallback_order,
+    node_groups,
 )
 
 
@@ -62,7 +62,7 @@ def test_the_ends_are_the_first_convolution_and_the_classifier_and_groups_follow
     model = conv_graph(FCN_LIKE)
     ends = end_convolutions(model, num_classes=5)
     assert ends == ["fcn0_resnetv1s_conv0_fwd", "fcn0__fcnhead0_conv1_fwd"]
-    groups = conv_groups(model, ends)
+    groups = node_groups(model, ends)
     assert list(groups) == ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
     assert groups["stem"] == ["fcn0_resnetv1s_conv1_fwd"]  # the first convolution is an end, not stem
     assert groups["stage1"] == ["fcn0_resnetv1s_layers1_conv0_fwd", "fcn0_resnetv1s_down1_conv0_fwd"]
@@ -70,10 +70,26 @@ def test_the_ends_are_the_first_convolution_and_the_classifier_and_groups_follow
     assert not any(end in nodes for nodes in groups.values() for end in ends)
 
 
+def test_a_group_holds_every_node_of_its_region_not_only_its_convolutions():
+    model = conv_graph(FCN_LIKE)
+    nodes = list(model.graph.node)
+    head_conv = next(i for i, n in enumerate(nodes) if n.name == "fcn0__fcnhead0_conv0_fwd")
+    # a pooling in the head and a residual sum in stage 4, named as the exporter names them
+    pool = helper.make_node("GlobalAveragePool", [nodes[head_conv].output[0]], ["pooled"], name="fcn0__fcnhead0_pool0")
+    plus = helper.make_node("Add", ["x", "y"], ["sum"], name="fcn0_resnetv1s_layers4__plus0")
+    del model.graph.node[:]
+    model.graph.node.extend(
+        [*nodes[: head_conv - 1], plus, *nodes[head_conv - 1 : head_conv + 1], pool, *nodes[head_conv + 1 :]]
+    )
+    groups = node_groups(model, end_convolutions(model, num_classes=5))
+    assert groups["head"] == ["fcn0__fcnhead0_conv0_fwd", "fcn0__fcnhead0_pool0"]
+    assert "fcn0_resnetv1s_layers4__plus0" in groups["stage4"]
+
+
 def test_a_graph_without_stage_names_has_no_groups():
     model = conv_graph([("a", 8), ("b", 8), ("c", 3)])
     ends = end_convolutions(model, num_classes=3)
-    assert ends == ["a_fwd", "c_fwd"] and conv_groups(model, ends) == {}
+    assert ends == ["a_fwd", "c_fwd"] and node_groups(model, ends) == {}
 
 
 def test_multiply_adds_follow_the_shapes_at_the_timing_side():
@@ -145,7 +161,7 @@ def test_groups_are_added_by_gain_per_multiply_add_until_the_bar():
     measure, _ = measured(0.980, {"l2": 0.008, "l1": 0.003, "l4": 0.006, "s": 0.0})
     outcome = control(["first", "cls"], GROUPS, MACS, measure, bar=0.995, max_share=0.8)
     assert outcome.kept["fp32_groups"] == ["stage2", "stage1", "stage4"]
-    assert outcome.kept["fp32_convolutions"] == ["first", "cls", "l2", "l1", "l4"]
+    assert outcome.kept["fp32_nodes"] == ["first", "cls", "l2", "l1", "l4"]
     assert abs(outcome.kept["agreement"] - 0.997) < 1e-9 and outcome.kept["purpose"] == "fallback"
 
 
