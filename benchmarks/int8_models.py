@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,26 +56,19 @@ def train(algorithm: str, data: Path, model: Path) -> None:
 
 
 def requantize(model: Path, data: Path) -> None:
-    """The INT8 step again, as the training job ran it (gluonseg.int8_job): the calibration pictures are the
-    job's plan (gluonseg.data.check_set.plan_pictures) over its channels, the check pictures the kept ones."""
+    """The INT8 step again, as the training job ran it, over the demo folder's channels."""
     from gluonseg.data.channels import SPLITS, pair_channel
-    from gluonseg.data.check_set import CheckPicture, plan_pictures, read_check_set
-    from gluonseg.data.images import load_image
-    from gluonseg.inference.int8_onnx import make_int8_onnx
+    from gluonseg.int8_job import make_int8_model
 
     validation, train = (
         pair_channel(*(data / folder for folder in SPLITS[split])) for split in ("validation", "train")
     )
-    plan = plan_pictures(validation, train)
-    calibration = [
-        CheckPicture(s.image_file, load_image(s.image_path, s.image_file, apply_exif=False), None)
-        for s in plan.calibration
-    ]
-    sources = {"calibration": plan.calibration_source, "check": plan.check_source}
-    make_int8_onnx(model, calibration, read_check_set(model), sources)
+    if not make_int8_model(model, validation, train):
+        raise RuntimeError(f"{model}: too few pictures to calibrate an INT8 model and check it on others")
 
 
 def measure(algorithm: str, model: Path, work: Path) -> dict[str, Any]:
+    from benchmarks.common.models import copy_for_serving
     from gluonseg.inference.loading import load_predictor
 
     record = json.loads((model / "model-int8-onnx.json").read_text())
@@ -85,12 +77,7 @@ def measure(algorithm: str, model: Path, work: Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError):
         job_seconds = None
     copy = work / f"{algorithm}-auto"
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(
-        model,
-        copy,
-        ignore=shutil.ignore_patterns("checkpoints", "output", "backend-choice.json", "model.onnx", "model.json"),
-    )
+    copy_for_serving(model, copy)
     load_predictor(copy, backend="auto")
     choice = json.loads((copy / "backend-choice.json").read_text())
     return {"algorithm": algorithm, "model": str(model), "int8": record, "job_seconds": job_seconds, "auto": choice}

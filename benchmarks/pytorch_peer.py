@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -39,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PEER_SCRIPT = ROOT / "benchmarks" / "peer" / "torch_segmentation.py"
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 CALIBRATION_PICTURES = 8
-UNUSED = ("checkpoints", "output", "model.onnx", "model.json", "backend-choice.json")
 
 
 def our_networks(folder: Path, classes: int, side: int) -> tuple[float, list[tuple[str, str, Any]]]:
@@ -81,11 +79,11 @@ def our_networks(folder: Path, classes: int, side: int) -> tuple[float, list[tup
 
 
 def ours(algorithm: str, work: Path, classes: int, side: int, runs: int, trained: Path | None) -> dict[str, Any]:
-    from benchmarks.common.models import random_model
+    from benchmarks.common.models import copy_for_serving, random_model
     from gluonseg.inference.backend_choice import median_seconds
 
     if trained is not None:  # a copy: the export is written into the folder
-        folder = Path(shutil.copytree(trained, work / algorithm, ignore=shutil.ignore_patterns(*UNUSED)))
+        folder = copy_for_serving(trained, work / algorithm)
     else:
         folder = random_model(work / algorithm, algorithm, classes=classes)
     gmac, networks = our_networks(folder, classes, side)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
+from gluonseg.data.channels import Sample
 from gluonseg.data.check_set import CheckPicture, plan_pictures, read_check_set
 from gluonseg.data.images import load_image
 from gluonseg.data.inputs import TrainingInputs
@@ -30,25 +33,32 @@ def make_int8_after_training(env: Environment, hp: Hyperparameters, inputs: Trai
     if inputs.mode != "file":
         log.info("INT8 model: not made in Pipe mode (no pictures kept to calibrate and check it on)")
         return
-    check = read_check_set(env.model_dir)
-    plan = plan_pictures(inputs.validation_samples, inputs.train_samples)
-    if not check or not plan.calibration:
-        log.warning("INT8 model: not made (too few pictures to calibrate it and check it on others)")
-        return
-    if plan.note:
-        log.info("INT8 model: %s", plan.note)
     start = time.perf_counter()
     try:
-        from gluonseg.inference.int8_onnx import make_int8_onnx
-
-        calibration = [
-            CheckPicture(s.image_file, load_image(s.image_path, s.image_file, apply_exif=False), None)
-            for s in plan.calibration
-        ]
-        sources = {"calibration": plan.calibration_source, "check": plan.check_source}
-        if plan.note:
-            sources["note"] = plan.note
-        make_int8_onnx(env.model_dir, calibration, check, sources)
+        make_int8_model(env.model_dir, inputs.validation_samples, inputs.train_samples)
     except Exception as exc:  # noqa: BLE001 - the trained FP32 model is already written and stays served
         log.warning("INT8 model: not made (%s)", error_summary(exc))
     log.info("INT8 step took %.1f s", time.perf_counter() - start)
+
+
+def make_int8_model(model_dir: Path, validation: Sequence[Sample], train: Sequence[Sample]) -> bool:
+    """The INT8 model of a written model folder, calibrated on the job's plan over its channels' samples and
+    checked on the pictures training kept; False (and a warning) when there are too few pictures for both."""
+    check = read_check_set(model_dir)
+    plan = plan_pictures(validation, train)
+    if not check or not plan.calibration:
+        log.warning("INT8 model: not made (too few pictures to calibrate it and check it on others)")
+        return False
+    if plan.note:
+        log.info("INT8 model: %s", plan.note)
+    from gluonseg.inference.int8_onnx import make_int8_onnx  # onnx and its quantizer: only when a model is made
+
+    calibration = [
+        CheckPicture(s.image_file, load_image(s.image_path, s.image_file, apply_exif=False), None)
+        for s in plan.calibration
+    ]
+    sources = {"calibration": plan.calibration_source, "check": plan.check_source}
+    if plan.note:
+        sources["note"] = plan.note
+    make_int8_onnx(model_dir, calibration, check, sources)
+    return True

@@ -3,7 +3,12 @@ and holds the same memory, whatever the weights' values)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+# What a trained folder holds that serving does not read, or that a benchmark must make again itself: the
+# training checkpoints and output, and the files `auto` and the export write beside the model.
+NOT_SERVED = ("checkpoints", "output", "model.onnx", "model.json", "backend-choice.json")
 
 
 def random_model(
@@ -36,3 +41,9 @@ def random_model(
     )
     write_hyperparams(folder, hp, meta={})
     return folder
+
+
+def copy_for_serving(trained: Path, copy: Path) -> Path:
+    """A fresh copy of a trained model folder without NOT_SERVED, so that `auto` and the export run again on it."""
+    shutil.rmtree(copy, ignore_errors=True)
+    return Path(shutil.copytree(trained, copy, ignore=shutil.ignore_patterns(*NOT_SERVED)))
