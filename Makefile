@@ -17,7 +17,7 @@ export OMP_NUM_THREADS ?= 2
 export MXNET_ENGINE_TYPE ?= ThreadedEnginePerDevice
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: install install-runtime install-deps test test-fast test-images images lint demo bench bench-peer peer-venv audit clean proto nginx
+.PHONY: install install-runtime install-deps test test-fast test-images images lint demo bench bench-peer peer-venv bench-nncf nncf-venv audit clean proto nginx
 
 install: $(STAMP) nginx
 
@@ -105,10 +105,27 @@ $(PEER_VENV)/.installed: benchmarks/peer/requirements.lock
 bench-peer: install proto peer-venv
 	$(PY) -m benchmarks.pytorch_peer
 
+# NNCF beside the INT8 step's own route (benchmarks/nncf_route.py), on make demo's job: .venv-nncf sees .venv's
+# packages through a .pth file and adds NNCF 2.14.1's (benchmarks/nncf/requirements.lock); never in make test.
+NNCF_VENV := .venv-nncf
+nncf-venv: $(NNCF_VENV)/.installed
+
+$(NNCF_VENV)/.installed: benchmarks/nncf/requirements.lock $(STAMP)
+	test -x $(NNCF_VENV)/bin/python || $(PYTHON) -m venv $(NNCF_VENV)
+	echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')')" \
+	  > "$$($(NNCF_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/gluonseg-venv.pth"
+	$(NNCF_VENV)/bin/python -m pip install --disable-pip-version-check -q --no-deps -r benchmarks/nncf/requirements.lock
+	$(NNCF_VENV)/bin/python -m pip check
+	touch $@
+
+bench-nncf: install proto nncf-venv
+	test -d demo-output/model || $(MAKE) demo
+	$(NNCF_VENV)/bin/python -m benchmarks.nncf_route --model demo-output/model --data demo-output/data
+
 # Offline audit of both locks against security/pypa-advisories.json (SECURITY.md); add
 # ARGS=--online on a machine that reaches PyPI, with pip-audit on the PATH.
 audit: install
 	$(PY) -m tools.dependency_audit $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(PEER_VENV) demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEER_VENV) $(NNCF_VENV) demo-output .pytest_cache .ruff_cache
