@@ -7,7 +7,7 @@ On a trained model folder with its check pictures, side by side in one run:
   and the same calibration pictures (the step's plan over the job's channels):
   - `nncf.quantize` on the OpenVINO model, every layer, and with the step's ends (first convolution, classifier)
     left out;
-  - `nncf.quantize` on the ONNX model (QDQ, runs in ONNX Runtime), every layer;
+  - `nncf.quantize` on the ONNX model (QDQ, runs in ONNX Runtime), with the same two plans;
   - `nncf.quantize_with_accuracy_control` on the OpenVINO model, held to the step's bar (pixels of the check
     pictures equal to MXNet FP32's, at most 0.5 points below FP32's own), the check pictures as its
     validation set.
@@ -28,7 +28,7 @@ import logging
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +57,16 @@ def openvino_runtime_alias() -> None:
     sys.modules["openvino.runtime.opset13"] = openvino.opset13
 
 
-def ov_masks(compiled: Any, items: Sequence[Any]) -> list[np.ndarray]:
+def masks(logits: Callable[[np.ndarray], np.ndarray], items: Sequence[Any]) -> list[np.ndarray]:
+    """The masks of `items` from `logits` ((3, H, W) in, (classes, H, W) out), cut to each picture's part."""
     from gluonseg.inference.int8_onnx import _mask
 
-    return [_mask(np.asarray(compiled(item.data[None])[0])[0], item) for item in items]
+    return [_mask(logits(item.data), item) for item in items]
+
+
+def compiled_logits(compiled: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """An OpenVINO compiled model (what NNCF validates) as a logits function."""
+    return lambda data: np.asarray(compiled(data[None])[0])[0]
 
 
 def ov_fp32_convolutions(model: Any) -> set[str]:
@@ -95,10 +101,10 @@ def fp32_share(fp32: set[str], macs: dict[str, int]) -> str:
     return f"{len(fp32)} conv FP32, {sum(macs.get(n, 0) for n in fp32) / sum(macs.values()):.1%} of MACs"
 
 
-def judge(masks: list[np.ndarray], reference: list[np.ndarray], checks: Sequence[Any], classes: int) -> dict[str, Any]:
+def judge(found: list[np.ndarray], reference: list[np.ndarray], checks: Sequence[Any], classes: int) -> dict[str, Any]:
     from gluonseg.inference.int8_onnx import agreement, mean_iou
 
-    return {"agreement": agreement(masks, reference), "miou": mean_iou(masks, checks, classes)}
+    return {"agreement": agreement(found, reference), "miou": mean_iou(found, checks, classes)}
 
 
 def timed(network: Any, runs: int) -> float:
@@ -107,15 +113,13 @@ def timed(network: Any, runs: int) -> float:
     return median_seconds(network, np.random.default_rng(0).standard_normal((3, SIDE, SIDE)).astype(np.float32), runs)
 
 
-def ours(model: Path, data: Path, work: Path) -> tuple[Path, dict[str, Any], float]:
+def ours(model: Path, validation: list[Any], train: list[Any], work: Path) -> tuple[Path, dict[str, Any], float]:
     """The INT8 step on a copy of the folder: (its INT8 ONNX, its record, its seconds)."""
     from benchmarks.common.models import copy_for_serving
-    from gluonseg.data.channels import SPLITS, pair_channel
     from gluonseg.inference.int8_onnx import INT8_ONNX, read_int8_record
     from gluonseg.int8_job import make_int8_model
 
     copy = copy_for_serving(model, work / "ours")
-    validation, train = (pair_channel(*(data / f for f in SPLITS[split])) for split in ("validation", "train"))
     began = time.perf_counter()
     if not make_int8_model(copy, validation, train):
         raise SystemExit(f"{model}: too few pictures for the INT8 step")
@@ -126,23 +130,6 @@ def ours(model: Path, data: Path, work: Path) -> tuple[Path, dict[str, Any], flo
     return copy / INT8_ONNX, record, seconds
 
 
-def calibration_canvases(data: Path) -> list[Any]:
-    """The step's calibration pictures (gluonseg.data.check_set.plan_pictures), as its canvases."""
-    from gluonseg.data.channels import SPLITS, pair_channel
-    from gluonseg.data.check_set import CheckPicture, plan_pictures
-    from gluonseg.data.images import load_image
-    from gluonseg.inference.int8_onnx import canvases
-
-    validation, train = (pair_channel(*(data / f for f in SPLITS[split])) for split in ("validation", "train"))
-    plan = plan_pictures(validation, train)
-    return canvases(
-        [
-            CheckPicture(s.image_file, load_image(s.image_path, s.image_file, apply_exif=False), None)
-            for s in plan.calibration
-        ]
-    )
-
-
 def measure(model: Path, data: Path, work: Path, runs: int) -> dict[str, Any]:
     openvino_runtime_alias()
     import nncf
@@ -150,12 +137,14 @@ def measure(model: Path, data: Path, work: Path, runs: int) -> dict[str, Any]:
     import openvino as ov
 
     from gluonseg.artifacts import read_model_dir
-    from gluonseg.data.check_set import read_check_set
+    from gluonseg.data.channels import SPLITS, pair_channel
+    from gluonseg.data.check_set import plan_pictures, read_check_set
     from gluonseg.inference.int8_control import conv_macs, end_convolutions
     from gluonseg.inference.int8_onnx import MIN_AGREEMENT, canvases, prepare, reference_masks, session_masks
     from gluonseg.inference.onnx_backends import OnnxRuntimeNetwork, OpenVinoNetwork, threads
     from gluonseg.inference.onnx_export import ONNX_FILE, export_onnx
     from gluonseg.inference.onnx_ops import INPUT_NAME
+    from gluonseg.int8_job import calibration_pictures
 
     artifact = read_model_dir(model)
     classes = artifact.num_classes
@@ -164,23 +153,24 @@ def measure(model: Path, data: Path, work: Path, runs: int) -> dict[str, Any]:
         raise SystemExit(f"{model} keeps no check pictures: train it with this version first")
     checks = canvases(check)
     reference = reference_masks(artifact, checks)
-    calibration = calibration_canvases(data)
+    validation, train = (pair_channel(*(data / f for f in SPLITS[split])) for split in ("validation", "train"))
+    calibration = canvases(calibration_pictures(plan_pictures(validation, train)))  # the step's own
     rows: list[dict[str, Any]] = []
 
-    def row(route: str, runtime: str, plan: str, masks: list[np.ndarray], made_s: float, network: Any) -> None:
+    def row(route: str, runtime: str, plan: str, found: list[np.ndarray], made_s: float, network: Any) -> None:
         rows.append(
             {
                 "route": route,
                 "runtime": runtime,
                 "plan": plan,
-                **judge(masks, reference, checks, classes),
+                **judge(found, reference, checks, classes),
                 "made_s": made_s,
                 "network_s": timed(network, runs),
             }
         )
         print(rows[-1], flush=True)
 
-    int8_ours, record, ours_s = ours(model, data, work)
+    int8_ours, record, ours_s = ours(model, validation, train, work)
     plan = f"{record['calibration_method']}, FP32: the ends" + "".join(f" + {g}" for g in record["fp32_groups"])
     plan += f" ({record['fp32_mac_share']:.1%} of MACs)"
     row(
@@ -192,7 +182,7 @@ def measure(model: Path, data: Path, work: Path, runs: int) -> dict[str, Any]:
         OnnxRuntimeNetwork(int8_ours, prefer_gpu=False, precision="int8"),
     )
     network = OpenVinoNetwork(int8_ours, "int8")
-    row("ours (ORT QDQ + control)", "OpenVINO", plan, ov_masks(network._compiled, checks), ours_s, network)
+    row("ours (ORT QDQ + control)", "OpenVINO", plan, masks(network.logits, checks), ours_s, network)
 
     export_onnx(model, work)
     fp32 = work / "prepared.onnx"  # the step's input: nodes named, BatchNorm folded (OpenVINO folds it too)
@@ -201,18 +191,8 @@ def measure(model: Path, data: Path, work: Path, runs: int) -> dict[str, Any]:
     ends, macs = end_convolutions(graph, classes), conv_macs(graph)
     del graph
     core = ov.Core()
-    fp32_masks = ov_masks(core.compile_model(core.read_model(str(fp32)), "CPU"), checks)
-    rows.append(
-        {
-            "route": "none (FP32)",
-            "runtime": "OpenVINO",
-            "plan": "FP32",
-            **judge(fp32_masks, reference, checks, classes),
-            "made_s": 0.0,
-            "network_s": timed(OpenVinoNetwork(fp32, "fp32"), runs),
-        }
-    )
-    print(rows[-1], flush=True)
+    network = OpenVinoNetwork(fp32, "fp32")
+    row("none (FP32)", "OpenVINO", "FP32", masks(network.logits, checks), 0.0, network)
 
     count = len(calibration)
     ov_dataset = nncf.Dataset(calibration, lambda item: item.data[None])
@@ -232,7 +212,7 @@ def measure(model: Path, data: Path, work: Path, runs: int) -> dict[str, Any]:
         made = time.perf_counter() - began
         network = saved_ov(quantized, f"nncf-ov-{number}")
         plan = f"{name} ({fp32_share(ov_fp32_convolutions(quantized), macs)})"
-        row("NNCF quantize", "OpenVINO", plan, ov_masks(network._compiled, checks), made, network)
+        row("NNCF quantize", "OpenVINO", plan, masks(network.logits, checks), made, network)
 
     for number, (name, ignored) in enumerate(plans):
         scope = ignored and nncf.IgnoredScope(names=ends)
@@ -255,9 +235,9 @@ def measure(model: Path, data: Path, work: Path, runs: int) -> dict[str, Any]:
 
     def validate(compiled: Any, items: Any) -> tuple[float, list[float]]:
         items = list(items)
-        masks = ov_masks(compiled, [c for c, _ in items])
-        equal = [float((m == r).mean()) for m, (_, r) in zip(masks, items)]
-        sizes = [m.size for m in masks]
+        found = masks(compiled_logits(compiled), [c for c, _ in items])
+        equal = [float((m == r).mean()) for m, (_, r) in zip(found, items)]
+        sizes = [m.size for m in found]
         return float(np.dot(equal, sizes) / max(1, sum(sizes))), equal
 
     began = time.perf_counter()
@@ -276,7 +256,7 @@ def measure(model: Path, data: Path, work: Path, runs: int) -> dict[str, Any]:
         "NNCF quantize_with_accuracy_control",
         "OpenVINO",
         f"bar {MIN_AGREEMENT:.1%} ({fp32_share(ov_fp32_convolutions(controlled), macs)})",
-        ov_masks(network._compiled, checks),
+        masks(network.logits, checks),
         made,
         network,
     )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gluonseg.data.channels import Sample
-from gluonseg.data.check_set import CheckPicture, plan_pictures, read_check_set
+from gluonseg.data.check_set import CheckPicture, PicturePlan, plan_pictures, read_check_set
 from gluonseg.data.images import load_image
 from gluonseg.data.inputs import TrainingInputs
 from gluonseg.environment import Environment
@@ -35,7 +35,8 @@ def make_int8_after_training(env: Environment, hp: Hyperparameters, inputs: Trai
         return
     start = time.perf_counter()
     try:
-        make_int8_model(env.model_dir, inputs.validation_samples, inputs.train_samples)
+        if not make_int8_model(env.model_dir, inputs.validation_samples, inputs.train_samples):
+            return  # nothing was made: the warning says why
     except Exception as exc:  # noqa: BLE001 - the trained FP32 model is already written and stays served
         log.warning("INT8 model: not made (%s)", error_summary(exc))
     log.info("INT8 step took %.1f s", time.perf_counter() - start)
@@ -53,12 +54,16 @@ def make_int8_model(model_dir: Path, validation: Sequence[Sample], train: Sequen
         log.info("INT8 model: %s", plan.note)
     from gluonseg.inference.int8_onnx import make_int8_onnx  # onnx and its quantizer: only when a model is made
 
-    calibration = [
-        CheckPicture(s.image_file, load_image(s.image_path, s.image_file, apply_exif=False), None)
-        for s in plan.calibration
-    ]
     sources = {"calibration": plan.calibration_source, "check": plan.check_source}
     if plan.note:
         sources["note"] = plan.note
-    make_int8_onnx(model_dir, calibration, check, sources)
+    make_int8_onnx(model_dir, calibration_pictures(plan), check, sources)
     return True
+
+
+def calibration_pictures(plan: PicturePlan) -> list[CheckPicture]:
+    """The plan's calibration pictures as the step calibrates on them (RGB, EXIF orientation not applied)."""
+    return [
+        CheckPicture(s.image_file, load_image(s.image_path, s.image_file, apply_exif=False), None)
+        for s in plan.calibration
+    ]
