@@ -28,7 +28,8 @@ GLUONSEG = str(Path(sys.executable).parent / "gluonseg")
 JOB_SECONDS = "job-seconds.json"  # written beside a model this benchmark trained
 
 
-def train(algorithm: str, data: Path, model: Path) -> None:
+def train(algorithm: str, data: Path, model: Path, **overrides: str | int) -> None:
+    """`gluonseg train` with the demo's hyperparameters, or `overrides` of them, into `model`; its seconds beside."""
     from gluonseg.demo import FULL
 
     classes = json.loads((data / "classes.json").read_text())
@@ -45,6 +46,7 @@ def train(algorithm: str, data: Path, model: Path) -> None:
         "validation_mini_batch_size": 4,
         "optimizer": "adam",
         "learning_rate": 0.001,
+        **overrides,
     }
     command = [GLUONSEG, "train", "--data", str(data), "--model-dir", str(model), *[f"{k}={v}" for k, v in hp.items()]]
     print("$ " + " ".join(command), flush=True)
