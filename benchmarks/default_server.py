@@ -38,7 +38,7 @@ from gluonseg.util import available_cpus
 # A VOC-shaped job, small enough for two cores: VOC's classes and picture sizes, fewer pictures and epochs.
 VOC_SHAPED = {"classes": 21, "train": 64, "validation": 24, "size": 400}
 JOB = {"crop_size": 128, "base_size": 400, "epochs": 12}
-# (backend, precision) forced; None: the serving default. MXNet FP32 first: every mask is compared with its.
+# (backend, precision) forced; None: the serving default. MXNet FP32 first: every mask is compared with its mask.
 VARIANTS: tuple[tuple[str, str] | None, ...] = (
     ("mxnet", "fp32"),
     None,
@@ -152,7 +152,7 @@ def measure(
     return list(rows.values())
 
 
-def rounds(row: dict[str, Any]) -> str:
+def spread(row: dict[str, Any]) -> str:
     return "-".join(f"{r:.3f}" for r in (min(row["rps_rounds"]), max(row["rps_rounds"])))
 
 
@@ -173,7 +173,7 @@ def report(rows: list[dict[str, Any]], truths: list[np.ndarray], classes: int, p
     ]
     for row in rows:
         lines.append(
-            f"| {row['variant']} | {row['ran']} | {row['rps']:.3f} ({rounds(row)}) | "
+            f"| {row['variant']} | {row['ran']} | {row['rps']:.3f} ({spread(row)}) | "
             f"{np.median(row['latencies']):.2f} | "
             f"{row['rps'] / reference['rps']:.2f}x | {row['rps'] / default['rps']:.2f}x | "
             f"{equal(row['masks'], reference['masks']):.3%} | {miou(row['masks'], truths, classes):.4f} |"
@@ -229,7 +229,7 @@ def main() -> None:
     rows = measure(variants, model, args.work, bodies, args.passes, args.rounds)
     note = (
         f"Model: {hp['algorithm']} on {hp['backbone']} ({hp['num_classes']} classes, crop {hp['crop_size']}, "
-        f"{hp['epochs']} epochs from scratch) from {model}"
+        f"{hp['epochs']} epochs{'' if hp.get('use_pretrained_model') else ' from scratch'}) from {model}"
     )
     if record is not None and not record["kept"]:
         note += f" (no INT8 model: the training job's INT8 step kept none, {record['why_not']})"
